@@ -1,0 +1,77 @@
+"""The few ComfyUI services the pack uses, imported lazily; outside ComfyUI each does nothing.
+
+Nothing else in the pack imports ComfyUI, so the pack loads and is tested without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from collections.abc import Awaitable
+from types import ModuleType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+INTERRUPT_POLL_SECONDS = 0.25
+
+
+def _module(name: str) -> ModuleType | None:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def in_comfyui() -> bool:
+    return _module("comfy.model_management") is not None
+
+
+def interrupted() -> bool:
+    management = _module("comfy.model_management")
+    return bool(management and management.processing_interrupted())
+
+
+def raise_if_interrupted() -> None:
+    """Raise ComfyUI's own interrupt exception, so Cancel looks like Cancel and not an error."""
+    management = _module("comfy.model_management")
+    if management:
+        management.throw_exception_if_processing_interrupted()
+
+
+async def interruptible(awaitable: Awaitable[T]) -> T:
+    """Await while watching ComfyUI's Cancel; on Cancel the work is cancelled (its connection
+    closed) and the interrupt exception raised."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=INTERRUPT_POLL_SECONDS)
+            if done:
+                return task.result()
+            if interrupted():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise_if_interrupted()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+class Progress:
+    """A node's progress bar and the text shown under it; silent outside ComfyUI."""
+
+    def __init__(self, node_id: str | None, total: int = 100) -> None:
+        self.node_id = node_id
+        utils = _module("comfy.utils")
+        self._bar = utils.ProgressBar(total, node_id=node_id) if utils and node_id else None
+
+    def update(self, value: int, total: int | None = None, preview: Any = None) -> None:
+        if self._bar:
+            self._bar.update_absolute(value, total, preview)
+
+    def text(self, message: str) -> None:
+        server = _module("server")
+        instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+        if instance is not None and self.node_id:
+            instance.send_progress_text(message, self.node_id)
+

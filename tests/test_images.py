@@ -1,0 +1,89 @@
+"""Tensors to request images and back."""
+
+from __future__ import annotations
+
+import base64
+import importlib
+import io
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from conftest import PACK_NAME
+from PIL import Image
+
+images = importlib.import_module(f"{PACK_NAME}.nodes.images")
+models = importlib.import_module(f"{PACK_NAME}.nodes.models")
+errors = importlib.import_module(f"{PACK_NAME}.nodes.errors")
+LIMITS = models.load_table().reference_limits
+
+
+def decode_uri(uri: str) -> Image.Image:
+    header, _, payload = uri.partition(",")
+    assert header in ("data:image/jpeg;base64", "data:image/png;base64")
+    return Image.open(io.BytesIO(base64.b64decode(payload)))
+
+
+def test_batches_dtypes_and_channels_become_arrays():
+    batch = torch.rand(3, 40, 60, 3, dtype=torch.float16)
+    arrays = images.tensor_to_arrays(batch)
+    assert len(arrays) == 3 and arrays[0].shape == (40, 60, 3) and arrays[0].dtype == np.uint8
+    assert images.tensor_to_arrays(torch.rand(40, 60, 3, dtype=torch.bfloat16))[0].shape == (40, 60, 3)
+    assert images.tensor_to_arrays(torch.rand(1, 20, 20, 1))[0].shape == (20, 20, 1)
+    assert images.tensor_to_arrays(torch.rand(1, 20, 20, 2))[0].shape == (20, 20, 4)
+    over = images.tensor_to_arrays(torch.full((1, 4, 4, 3), 1.7))[0]
+    assert over.max() == 255
+
+
+def test_opaque_image_is_jpeg_and_transparent_is_png():
+    rgb = images.encode_reference(np.full((64, 80, 3), 120, np.uint8), LIMITS, 1)
+    assert rgb.data_uri.startswith("data:image/jpeg;base64,") and (rgb.width, rgb.height) == (80, 64)
+    opaque = np.full((32, 32, 4), 255, np.uint8)
+    assert images.encode_reference(opaque, LIMITS, 1).data_uri.startswith("data:image/jpeg")
+    alpha = opaque.copy()
+    alpha[..., 3] = 10
+    encoded = images.encode_reference(alpha, LIMITS, 1)
+    assert decode_uri(encoded.data_uri).mode == "RGBA" and not encoded.notes
+    grey = images.encode_reference(np.full((32, 32, 1), 9, np.uint8), LIMITS, 1)
+    assert decode_uri(grey.data_uri).mode == "L"
+
+
+def test_jpeg_fidelity_is_high():
+    rng = np.random.default_rng(0)
+    smooth = np.clip(np.cumsum(rng.normal(0, 2, (256, 256, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    back = np.asarray(decode_uri(images.encode_reference(smooth, LIMITS, 1).data_uri).convert("RGB"), np.float64)
+    mse = np.mean((back - smooth) ** 2)
+    assert 10 * np.log10(255**2 / mse) > 38
+
+
+def test_limits_force_downscale_and_say_so():
+    tight = models.ReferenceLimits(
+        min_side_exclusive=14, min_aspect=1 / 16, max_aspect=16, max_pixels=10_000, max_bytes=4_000
+    )
+    noise = np.random.default_rng(1).integers(0, 255, (200, 300, 3), dtype=np.uint8)
+    encoded = images.encode_reference(noise, tight, 2)
+    assert encoded.width * encoded.height <= 10_000 and encoded.encoded_bytes <= 4_000
+    assert (encoded.source_width, encoded.source_height) == (300, 200)
+    assert any("Reference 2 was downscaled from 300x200" in n for n in encoded.notes)
+    assert any("re-encoded" in n for n in encoded.notes)
+
+
+def test_decode_refuses_garbage_and_bombs():
+    with pytest.raises(errors.DownloadError, match="not a readable image"):
+        images.decode_result(b"<html>nope</html>")
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    for side, expected in ((100000, "decompression bomb"), (7000, "7000x7000")):
+        data[16:24] = side.to_bytes(4, "big") * 2  # IHDR width and height, then its CRC
+        data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+        with pytest.raises(errors.DownloadError, match=expected):
+            images.decode_result(bytes(data))
+
+
+def test_batch_of_mixed_sizes_does_not_crash():
+    first, second = torch.rand(1, 64, 64, 3), torch.rand(1, 90, 160, 3)
+    batch, resized = images.batch_images([first, second, first])
+    assert batch.shape == (3, 64, 64, 3) and resized == [1]
+    assert torch.equal(batch[0], first[0])
