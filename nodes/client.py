@@ -174,6 +174,11 @@ def link_expiry(url: str, created: int) -> int:
         return created + LINK_LIFETIME_SECONDS
 
 
+def encode_body(body: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON: the exact bytes sent (and checked byte for byte by the tests)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 # --- calls ------------------------------------------------------------------------------------
 
 
@@ -193,8 +198,8 @@ class CometAPIClient:
             try:
                 response = await self.http.post(
                     url,
-                    json=body,
-                    headers={"Authorization": f"Bearer {self.settings.api_key}"},
+                    content=encode_body(body),
+                    headers={"Authorization": f"Bearer {self.settings.api_key}", "Content-Type": "application/json"},
                     timeout=GENERATION_TIMEOUT,
                 )
             except httpx.ConnectError as exc:

@@ -131,7 +131,7 @@ def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarra
                 )
             image.load()
             rgb = image.convert("RGB") if image.mode != "RGB" else image
-            return np.asarray(rgb)
+            return np.array(rgb)  # a writable copy: torch refuses read-only buffers
     except DownloadError:
         raise
     except Image.DecompressionBombError:

@@ -9,9 +9,17 @@ from typing import Any
 
 import torch
 
+from .errors import SeedreamError
 from .generation import generate
 from .models import DEFAULT_SIZE, load_table, size_choices
-from .request import MAX_SEED, OPTIMIZE_PROMPT_MODES, OUTPUT_FORMATS, RESPONSE_FORMATS, GenerationOptions
+from .request import (
+    MAX_SEED,
+    OPTIMIZE_PROMPT_MODES,
+    OUTPUT_FORMATS,
+    RESPONSE_FORMATS,
+    GenerationOptions,
+    check_request,
+)
 
 CATEGORY = "api node/image/Seedream (CometAPI)"
 MAX_REFERENCE_INPUTS = 14
@@ -118,6 +126,21 @@ class _SeedreamNode:
     )
     FUNCTION = "run"
     SEQUENTIAL = False
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, prompt: str | None = None, model: str | None = None, size: str | None = None,
+                        width: int | None = None, height: int | None = None) -> bool | str:
+        """Checked when the prompt is queued, before any node runs (and before anything upstream is
+        billed). Linked inputs arrive as None and are checked when the node runs."""
+        if None in (model, size, width, height):
+            return True
+        opts = GenerationOptions(model=model, prompt="-" if prompt is None else prompt, size=size,
+                                 width=width, height=height)
+        try:
+            check_request(opts, load_table(), [])
+        except SeedreamError as exc:
+            return str(exc)
+        return True
 
     async def run(self, prompt: str, model: str, size: str, width: int, height: int, seed: int,
                   watermark: bool, max_images: int | None = None, unique_id: str | None = None,
