@@ -11,8 +11,10 @@ import asyncio
 import base64
 import binascii
 import calendar
+import email.utils
 import json
 import re
+import socket
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -24,16 +26,45 @@ import httpx
 from .config import ENV_BASE_URL, ENV_KEY, Settings
 from .errors import DownloadError, ServiceError, logger
 
-GENERATION_TIMEOUT = httpx.Timeout(connect=20.0, read=900.0, write=120.0, pool=900.0)
-DOWNLOAD_TIMEOUT = httpx.Timeout(connect=20.0, read=60.0, write=20.0, pool=60.0)
+# A generation's answer arrives only when every image is done (20-45 s each, minutes for a group):
+# the read timeout grows with the images asked for, and TCP keepalive notices a dead peer sooner.
+CONNECT_TIMEOUT = 20.0
+BASE_READ_TIMEOUT = 120.0
+READ_TIMEOUT_PER_IMAGE = 60.0
+DOWNLOAD_TIMEOUT = httpx.Timeout(connect=CONNECT_TIMEOUT, read=60.0, write=20.0, pool=60.0)
+DOWNLOAD_DEADLINE = 300.0  # seconds for one result, however slowly it drips
 MAX_DOWNLOAD_BYTES = 80 * 1024 * 1024
-DOWNLOAD_ATTEMPTS = 3
+MAX_ANSWER_BYTES = 640 * 1024 * 1024  # 15 base64 4K images fit with room to spare
+DOWNLOAD_ATTEMPTS = 4
+POST_ATTEMPTS = 4
+RETRY_BASE_DELAY = 2.0
+MAX_RETRY_AFTER = 120.0
 MAX_CONCURRENT_REQUESTS = 4
 LINK_LIFETIME_SECONDS = 24 * 3600
 MODERATION_CODES = frozenset(
     {"InputTextSensitiveContentDetected", "InputImageSensitiveContentDetected", "OutputImageSensitiveContentDetected"}
 )
+# Error codes that say the service turned the request away without working on it.
+NOT_PROCESSED_CODES = ("RateLimitExceeded", "ServerOverloaded", "ServiceUnavailable", "QuotaExceeded.Concurrency")
+MAYBE_BILLED = (
+    " The request reached CometAPI and may have been billed, so it was not sent again: check your "
+    "usage log at cometapi.com before running again (a rerun is a new, billed request)."
+)
 _REQUEST_ID = re.compile(r"request id:?\s*([A-Za-z0-9_-]+)", re.IGNORECASE)
+_KEEPALIVE = [
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    *[
+        (socket.IPPROTO_TCP, getattr(socket, name), value)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+        if hasattr(socket, name)
+    ],
+]
+
+
+def generation_timeout(expected_images: int, read_seconds: float | None = None) -> httpx.Timeout:
+    """Timeouts for one generation: `read_seconds` if given, else 2 min + 1 min per image asked for."""
+    read = read_seconds or BASE_READ_TIMEOUT + READ_TIMEOUT_PER_IMAGE * max(1, expected_images)
+    return httpx.Timeout(connect=CONNECT_TIMEOUT, read=read, write=120.0, pool=read)
 
 
 @dataclass
@@ -61,8 +92,11 @@ class GenerationAnswer:
 
 
 # --- one shared HTTP client per event loop --------------------------------------------------
-# httpx connections belong to the loop that opened them; ComfyUI may run prompts on different
-# loops, so the client (and the concurrency limit) is shared per loop, not per call.
+# httpx connections belong to the loop that opened them, and ComfyUI runs each prompt on a new
+# loop: the client and the concurrency limit are shared per loop (one prompt runs at a time, so
+# that is per process in practice). Connections are never kept alive: a reused idle connection
+# that the server had closed makes a POST ambiguous (did it arrive?), while on a fresh one a
+# failure to connect proves nothing was sent.
 _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
 _slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
@@ -72,8 +106,11 @@ def shared_http_client() -> httpx.AsyncClient:
     client = _clients.get(loop)
     if client is None or client.is_closed:
         client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=0),
+                socket_options=_KEEPALIVE,
+            ),
             follow_redirects=False,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=8),
             headers={"User-Agent": "seedream-cometapi-comfyui"},
         )
         _clients[loop] = client
@@ -86,6 +123,23 @@ def request_slots() -> asyncio.Semaphore:
     if loop not in _slots:
         _slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
     return _slots[loop]
+
+
+class _Cooldown:
+    """Process-wide pause after a 429: every request waits, instead of each hammering alone."""
+
+    def __init__(self) -> None:
+        self.until = 0.0
+
+    def push(self, seconds: float) -> None:
+        self.until = max(self.until, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        while (remaining := self.until - time.monotonic()) > 0:
+            await asyncio.sleep(remaining)
+
+
+cooldown = _Cooldown()
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -127,6 +181,7 @@ def service_error(status: int, content_type: str, body: bytes, base_url: str) ->
             code=code,
             param=str(error.get("param") or ""),
             request_id=request_id,
+            structured=True,
         )
     if 300 <= status < 400 or "html" in content_type or body.lstrip()[:1] == b"<":
         return ServiceError(
@@ -182,98 +237,166 @@ def encode_body(body: dict[str, Any]) -> bytes:
 # --- calls ------------------------------------------------------------------------------------
 
 
-class CometAPIClient:
-    def __init__(self, settings: Settings, http: httpx.AsyncClient | None = None) -> None:
-        self.settings = settings
-        self._http = http
+# The connection never opened, or the body never got through whole: nothing can be billed.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteError, httpx.WriteTimeout)
 
-    @property
-    def http(self) -> httpx.AsyncClient:
-        return self._http or shared_http_client()
 
-    async def generate(self, body: dict[str, Any]) -> GenerationAnswer:
-        """POST the body once. Never retried here: a request that reached the service may be billed."""
-        url = f"{self.settings.base_url}/images/generations"
-        async with request_slots():
-            try:
-                response = await self.http.post(
-                    url,
-                    content=encode_body(body),
-                    headers={"Authorization": f"Bearer {self.settings.api_key}", "Content-Type": "application/json"},
-                    timeout=GENERATION_TIMEOUT,
-                )
-            except httpx.ConnectError as exc:
-                raise ServiceError(
-                    f"Cannot connect to {self.settings.base_url} ({type(exc).__name__}). Nothing was "
-                    "sent: check the network and the base URL."
-                ) from None
-            except httpx.TimeoutException as exc:
-                raise ServiceError(
-                    f"CometAPI did not answer in time ({type(exc).__name__}). The request may have "
-                    "been billed: check your CometAPI usage log before running again."
-                ) from None
-            except httpx.TransportError as exc:
-                raise ServiceError(
-                    f"The connection to CometAPI broke ({type(exc).__name__}). The request may have "
-                    "been billed: check your CometAPI usage log before running again."
-                ) from None
-        content_type = response.headers.get("content-type", "")
-        if response.status_code != 200:
-            raise service_error(response.status_code, content_type, response.content, self.settings.base_url)
+class _Retry(Exception):
+    """The service turned the request away without working on it: sending it again costs nothing."""
+
+    def __init__(self, error: ServiceError, delay: float | None = None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.delay = delay
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
         try:
-            payload = response.json()
-        except ValueError:
-            raise ServiceError(
-                "CometAPI answered 200 with something that is not JSON "
-                f"({response.content[:80]!r}); the request may have been billed."
-            ) from None
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and not payload.get("data"):
-            raise service_error(400, "application/json", response.content, self.settings.base_url)
-        answer = parse_answer(payload)
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+    declared = int(response.headers.get("content-length") or 0)
+    if declared > limit:
+        raise DownloadError(f"{what} is {declared:,} bytes, more than it can be: refused.")
+    chunks, total = [], 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise DownloadError(f"{what} grew past {limit:,} bytes: refused.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class CometAPIClient:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def generate(self, body: dict[str, Any], timeout: httpx.Timeout) -> GenerationAnswer:
+        """POST the body. Sent again only when nothing can have been billed: the connection never
+        opened, a 429 (after `Retry-After`, which pauses every request), or an error answer that
+        says the request was not processed. Anything else after sending is final."""
+        content = encode_body(body)
+        for attempt in range(1, POST_ATTEMPTS + 1):
+            await cooldown.wait()
+            async with request_slots():
+                try:
+                    answer = await self._post_once(content, timeout)
+                    break
+                except _Retry as retry:
+                    if attempt == POST_ATTEMPTS:
+                        raise ServiceError(
+                            f"{retry.error} Tried {attempt} times; nothing was billed. Wait a while and run again.",
+                            status=retry.error.status, code=retry.error.code, request_id=retry.error.request_id,
+                        ) from None
+                    delay = retry.delay if retry.delay is not None else RETRY_BASE_DELAY * 2 ** (attempt - 1)
+                    logger.warning("%s Not billed; sending again in %.1f s (try %d of %d).",
+                                   retry.error, delay, attempt + 1, POST_ATTEMPTS)
+            await asyncio.sleep(delay)
         logger.info(
             "Seedream %s: %d of %d images generated, usage %s",
             answer.model, sum(i.ok for i in answer.items), len(answer.items), answer.usage,
         )
         return answer
 
-    async def download(self, url: str) -> bytes:
-        """GET a result link exactly as received, without the key; retried on transient faults."""
-        delay = 1.0
-        for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-            try:
-                return await self._download_once(url)
-            except _TransientDownloadError as exc:
-                if attempt == DOWNLOAD_ATTEMPTS:
-                    raise DownloadError(f"Downloading a result failed {attempt} times: {exc}") from None
-                logger.warning("Result download failed (%s); retrying in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
-    async def _download_once(self, url: str) -> bytes:
+    async def _post_once(self, content: bytes, timeout: httpx.Timeout) -> GenerationAnswer:
+        base_url = self.settings.base_url
         try:
-            async with self.http.stream("GET", url, timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    body = await response.aread()
-                    if response.status_code >= 500 or response.status_code == 429:
-                        raise _TransientDownloadError(f"HTTP {response.status_code}")
-                    raise _download_refused(response.status_code, body)
-                declared = int(response.headers.get("content-length") or 0)
-                if declared > MAX_DOWNLOAD_BYTES:
-                    raise DownloadError(f"The result is {declared:,} bytes, more than any image should be: refused.")
-                chunks, total = [], 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > MAX_DOWNLOAD_BYTES:
-                        raise DownloadError(f"The result grew past {MAX_DOWNLOAD_BYTES:,} bytes: refused.")
-                    chunks.append(chunk)
-                return b"".join(chunks)
+            async with shared_http_client().stream(
+                "POST",
+                f"{base_url}/images/generations",
+                content=content,
+                headers={"Authorization": f"Bearer {self.settings.api_key}", "Content-Type": "application/json"},
+                timeout=timeout,
+            ) as response:
+                data = await _read_capped(response, MAX_ANSWER_BYTES, "CometAPI's answer")
+        except _NOT_SENT as exc:
+            raise _Retry(ServiceError(f"Could not send the request to {base_url} ({type(exc).__name__}).")) from None
+        except httpx.TimeoutException:
+            raise ServiceError(
+                f"CometAPI sent no answer within {timeout.read:.0f} s (change `timeout` for longer groups)."
+                + MAYBE_BILLED, maybe_billed=True,
+            ) from None
         except httpx.TransportError as exc:
-            raise _TransientDownloadError(type(exc).__name__) from None
+            raise ServiceError(
+                f"The connection to CometAPI broke before the answer was complete ({type(exc).__name__})."
+                + MAYBE_BILLED, maybe_billed=True,
+            ) from None
+        except DownloadError as exc:
+            raise ServiceError(str(exc) + MAYBE_BILLED, maybe_billed=True) from None
+
+        content_type = response.headers.get("content-type", "")
+        if response.status_code != 200:
+            error = service_error(response.status_code, content_type, data, base_url)
+            if response.status_code == 429:
+                cooldown.push(_retry_after(response) or RETRY_BASE_DELAY)
+                raise _Retry(error, delay=0.0)
+            if error.code.startswith(NOT_PROCESSED_CODES) or (
+                error.structured and response.status_code >= 500 and error.code != "invalid_request"
+            ):
+                # A JSON error answer means no image was made, and only made images are billed.
+                raise _Retry(error)
+            if response.status_code >= 500 and not error.structured:
+                raise ServiceError(str(error) + MAYBE_BILLED, status=error.status, maybe_billed=True)
+            raise error
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            raise ServiceError(
+                f"CometAPI answered 200 with something that is not JSON ({data[:80]!r})." + MAYBE_BILLED,
+                maybe_billed=True,
+            ) from None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and not payload.get("data"):
+            raise service_error(400, "application/json", data, base_url)
+        try:
+            return parse_answer(payload)
+        except ServiceError as exc:
+            raise ServiceError(str(exc) + MAYBE_BILLED, maybe_billed=True) from None
 
 
 class _TransientDownloadError(Exception):
     pass
+
+
+async def download(url: str) -> bytes:
+    """GET a result link exactly as received, never with the key; retried with backoff on
+    transient faults (a GET costs nothing), bounded in size and time."""
+    delay = 1.0
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            return await asyncio.wait_for(_download_once(url), DOWNLOAD_DEADLINE)
+        except (_TransientDownloadError, asyncio.TimeoutError) as exc:
+            reason = str(exc) or f"no complete answer within {DOWNLOAD_DEADLINE:.0f} s"
+            if attempt == DOWNLOAD_ATTEMPTS:
+                raise DownloadError(f"Downloading the result failed {attempt} times ({reason}).") from None
+            logger.warning("Result download failed (%s); trying again in %.0f s", reason, delay)
+            await asyncio.sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+async def _download_once(url: str) -> bytes:
+    try:
+        async with shared_http_client().stream(
+            "GET", url, timeout=DOWNLOAD_TIMEOUT, follow_redirects=True
+        ) as response:
+            if response.status_code != 200:
+                body = await _read_capped(response, 64 * 1024, "The error page")
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise _TransientDownloadError(f"HTTP {response.status_code}")
+                raise _download_refused(response.status_code, body)
+            return await _read_capped(response, MAX_DOWNLOAD_BYTES, "The result")
+    except httpx.TransportError as exc:
+        raise _TransientDownloadError(type(exc).__name__) from None
 
 
 def _download_refused(status: int, body: bytes) -> DownloadError:

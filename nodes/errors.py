@@ -83,12 +83,16 @@ class ServiceError(SeedreamError):
         code: str = "",
         param: str = "",
         request_id: str = "",
+        structured: bool = False,
+        maybe_billed: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.param = param
         self.request_id = request_id
+        self.structured = structured  # the service answered with its JSON error object
+        self.maybe_billed = maybe_billed  # the request reached the service and may have been billed
 
 
 class DownloadError(SeedreamError):

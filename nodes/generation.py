@@ -1,4 +1,4 @@
-"""One Seedream run from inputs to output tensors: check, encode, call, fetch, decode.
+"""One Seedream run from inputs to output tensors: check, encode, call, record, fetch, decode.
 
 Plain logic: ComfyUI's services are reached only through `host`, so this runs (and is tested)
 without ComfyUI.
@@ -7,17 +7,26 @@ without ComfyUI.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import json
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import torch
 
-from .client import CometAPIClient, GenerationAnswer, ResultItem, decode_b64_item, link_expiry
+from . import ledger
+from .client import (
+    CometAPIClient,
+    GenerationAnswer,
+    ResultItem,
+    decode_b64_item,
+    download,
+    generation_timeout,
+)
 from .config import Settings, load_settings
-from .errors import DownloadError, SeedreamError, ServiceError, logger, redact
+from .errors import InputError, SeedreamError, ServiceError, logger, redact
 from .host import Progress, interruptible
 from .images import EncodedReference, array_to_tensor, batch_images, decode_result, encode_reference, tensor_to_arrays
 from .models import load_table
@@ -35,55 +44,85 @@ class GenerationResult:
         return redact(json.dumps(self.info, indent=2, ensure_ascii=False))
 
 
-def _iso(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass
+class RunSettings:
+    """How one run behaves, beyond what is sent."""
+
+    timeout_seconds: float | None = None  # None: grows with the number of images asked for
+    fail_on_partial: bool = False
 
 
-async def _fetch_image(client: CometAPIClient, item: ResultItem) -> np.ndarray:
-    data = decode_b64_item(item) if item.b64_json else await client.download(item.url or "")
-    return await asyncio.to_thread(decode_result, data)
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'s' * (count != 1)}"
 
 
 def _describe_failures(items: list[ResultItem]) -> str:
     return "; ".join(f"image {i.index + 1}: {i.error_code} {i.error_message}".strip() for i in items)
 
 
-def _info(
-    opts: GenerationOptions,
-    body: dict[str, Any],
-    answer: GenerationAnswer,
-    references: list[EncodedReference],
-    fetch_errors: dict[int, str],
-    notes: list[str],
-) -> dict[str, Any]:
-    images = []
-    for item in answer.items:
-        entry: dict[str, Any] = {"index": item.index, "size": item.size}
-        if item.url:
-            entry["url"] = item.url
-            entry["expires_at"] = _iso(link_expiry(item.url, answer.created))
-        if not item.ok:
-            entry["error"] = {"code": item.error_code, "message": item.error_message}
-        elif item.index in fetch_errors:
-            entry["error"] = {"code": "DownloadFailed", "message": fetch_errors[item.index]}
-        images.append(entry)
-    generated = sum(item.ok for item in answer.items)
-    return {
-        "model": answer.model or body["model"],
-        "created": _iso(answer.created),
-        "prompt": opts.prompt,
-        "request": {key: value for key, value in body.items() if key not in ("prompt", "image", "model")},
-        "references": [
+async def fetch_images(
+    sources: dict[int, str | bytes], progress: Progress
+) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """Download (links) or take (bytes) and decode every image at once; return the decoded
+    images and the errors, both by index. One failure does not stop the others."""
+    results: dict[int, np.ndarray] = {}
+    errors: dict[int, str] = {}
+
+    async def fetch(index: int, source: str | bytes) -> None:
+        try:
+            data = source if isinstance(source, bytes) else await download(source)
+            results[index] = await asyncio.to_thread(decode_result, data)
+        except SeedreamError as exc:
+            errors[index] = str(exc)
+            logger.warning("Result %d could not be fetched: %s", index + 1, exc)
+        done = len(results) + len(errors)
+        progress.text(f"Downloaded {done} of {len(sources)}")
+        progress.update(done, len(sources))
+
+    progress.text(f"Downloading {_plural(len(sources), 'image')}")
+    await interruptible(asyncio.gather(*(fetch(index, source) for index, source in sources.items())))
+    return results, errors
+
+
+def _outputs(results: dict[int, np.ndarray], info: dict[str, Any]) -> GenerationResult:
+    image_list = [array_to_tensor(results[index]) for index in sorted(results)]
+    batch, resized = batch_images(image_list)
+    if resized:
+        info["notes"].append(
+            f"Images {', '.join(str(i + 1) for i in resized)} differ in size from the first and were "
+            "fitted to it in the `images` batch; `image_list` has them at their own size."
+        )
+    return GenerationResult(images=batch, image_list=image_list, info=info)
+
+
+def _recovery_hint(entry: ledger.LedgerEntry | None) -> str:
+    if entry is None:
+        return ""
+    return (
+        f" The answer is saved in the ledger as {entry.id} ({entry.path}): load it with "
+        "'Seedream Load from Ledger' while its links live (24 hours)."
+    )
+
+
+def _request_summary(body: dict[str, Any], references: list[EncodedReference]) -> dict[str, Any]:
+    summary = {key: value for key, value in body.items() if key not in ("prompt", "image")}
+    if references:
+        summary["references"] = [
             {"sent": f"{r.width}x{r.height}", "source": f"{r.source_width}x{r.source_height}", "bytes": r.encoded_bytes}
             for r in references
-        ],
-        "requested_images": opts.max_images or 1,
-        "generated_images": generated,
-        "failed_images": len(answer.items) - generated,
-        "images": images,
-        "usage": answer.usage,
-        "notes": notes,
-    }
+        ]
+    return summary
+
+
+def _record(
+    answer: GenerationAnswer, summary: dict[str, Any], prompt: str, inline: dict[int, bytes], notes: list[str]
+) -> ledger.LedgerEntry | None:
+    try:
+        return ledger.record_answer(answer, summary, prompt, inline)
+    except OSError as exc:
+        notes.append(f"The answer could not be written to the ledger ({exc}); nothing else is affected.")
+        logger.error("Could not write the Seedream ledger in %s: %s", ledger.ledger_dir(), exc)
+        return None
 
 
 async def generate(
@@ -92,35 +131,40 @@ async def generate(
     *,
     node_id: str | None = None,
     settings: Settings | None = None,
+    run: RunSettings | None = None,
 ) -> GenerationResult:
     """Run one generation. Raises `SeedreamError` subclasses with user-facing messages."""
+    run = run or RunSettings()
     table = load_table()
     arrays = [array for batch in references for array in tensor_to_arrays(batch)]
     checked = check_request(opts, table, [(a.shape[1], a.shape[0]) for a in arrays])
     settings = settings or load_settings()
+    if settings.api_key in opts.prompt:
+        raise InputError("The prompt contains your CometAPI key: remove it (nothing was sent).")
     progress = Progress(node_id)
     notes = list(checked.notes)
 
+    encoded: list[EncodedReference] = []
     if arrays:
-        progress.text(f"Preparing {len(arrays)} reference image{'s' * (len(arrays) > 1)}")
+        progress.text(f"Preparing {_plural(len(arrays), 'reference image')}")
         limits = table.reference_limits
-        encoded = await asyncio.to_thread(
-            lambda: [encode_reference(a, limits, n) for n, a in enumerate(arrays, start=1)]
+        encoded = await interruptible(
+            asyncio.to_thread(lambda: [encode_reference(a, limits, n) for n, a in enumerate(arrays, start=1)])
         )
         notes += [note for ref in encoded for note in ref.notes]
-    else:
-        encoded = []
     body = build_body(opts, checked, [ref.data_uri for ref in encoded])
 
-    client = CometAPIClient(settings)
     progress.text(f"Generating with {checked.spec.label}")
-    progress.update(1, 100)
-    answer = await interruptible(client.generate(body))
+    started = time.monotonic()
+    timeout = generation_timeout(opts.max_images or 1, run.timeout_seconds)
+    answer = await interruptible(CometAPIClient(settings).generate(body, timeout))
 
     good = [item for item in answer.items if item.ok]
     failed = [item for item in answer.items if not item.ok]
     if not good:
-        raise ServiceError(f"No image was generated ({_describe_failures(failed) or 'empty answer'}).")
+        raise ServiceError(
+            f"No image was generated, so nothing was billed ({_describe_failures(failed) or 'empty answer'})."
+        )
     if opts.max_images and len(good) < opts.max_images:
         notes.append(
             f"{len(good)} of up to {opts.max_images} images came back: in sequential mode the model "
@@ -129,40 +173,78 @@ async def generate(
     if failed:
         notes.append(f"Failed and not billed: {_describe_failures(failed)}.")
 
-    results: dict[int, np.ndarray] = {}
+    inline: dict[int, bytes] = {}
+    sources: dict[int, str | bytes] = {}
     fetch_errors: dict[int, str] = {}
-
-    async def fetch(item: ResultItem) -> None:
+    for item in good:
+        if item.url:
+            sources[item.index] = item.url
+            continue
         try:
-            results[item.index] = await _fetch_image(client, item)
+            sources[item.index] = inline[item.index] = decode_b64_item(item)
         except SeedreamError as exc:
             fetch_errors[item.index] = str(exc)
-            logger.warning("Result %d of %s could not be fetched: %s", item.index + 1, answer.model, exc)
-        progress.text(f"Downloaded {len(results) + len(fetch_errors)} of {len(good)}")
-        progress.update(len(results) + len(fetch_errors), len(good))
+    summary = _request_summary(body, encoded)
+    entry = _record(answer, summary, opts.prompt, inline, notes)
 
-    progress.text(f"Downloading {len(good)} image{'s' * (len(good) > 1)}")
-    await interruptible(asyncio.gather(*(fetch(item) for item in good)))
+    results, download_errors = await fetch_images(sources, progress)
+    fetch_errors |= download_errors
+    if entry:
+        ledger.record_outcome(entry, fetch_errors)
     if not results:
-        links = "; ".join(item.url for item in good if item.url)
-        raise DownloadError(
-            f"{len(good)} image(s) were generated (and billed) but none could be fetched: "
-            f"{'; '.join(fetch_errors.values())}. "
-            + (f"The links stay valid for 24 hours: {links}" if links else "")
+        raise SeedreamError(
+            f"{_plural(len(good), 'image')} were generated (and billed) but none could be fetched: "
+            f"{'; '.join(fetch_errors.values())}.{_recovery_hint(entry)}"
         )
-
     if fetch_errors:
         notes.append(
-            f"{len(fetch_errors)} generated (billed) image(s) could not be fetched; their links are "
-            "in `images` below and stay valid for 24 hours."
+            f"{_plural(len(fetch_errors), 'generated (billed) image')} could not be fetched.{_recovery_hint(entry)}"
         )
-    image_list = [array_to_tensor(results[index]) for index in sorted(results)]
-    batch, resized = batch_images(image_list)
-    if resized:
-        notes.append(
-            f"Images {', '.join(str(i + 1) for i in resized)} differ in size from the first and were "
-            "fitted to it in the `images` batch; `image_list` has them at their own size."
+    if run.fail_on_partial and (failed or fetch_errors):
+        raise SeedreamError(
+            f"fail_on_partial is on and {len(failed) + len(fetch_errors)} of {len(answer.items)} images failed: "
+            f"{_describe_failures(failed)} {'; '.join(fetch_errors.values())}".strip()
+            + f".{_recovery_hint(entry)}"
         )
-    info = _info(opts, body, answer, encoded, fetch_errors, notes)
-    progress.text(f"Done: {len(results)} image{'s' * (len(results) > 1)}")
-    return GenerationResult(images=batch, image_list=image_list, info=info)
+
+    info = {
+        "model": answer.model or body["model"],
+        "created": ledger.iso_time(answer.created),
+        "seconds": round(time.monotonic() - started, 1),
+        "prompt": opts.prompt,
+        "request": summary,
+        "requested_images": opts.max_images or 1,
+        "generated_images": len(good),
+        "failed_images": len(failed),
+        "images": entry.data["images"] if entry else [],
+        "usage": answer.usage,
+        "ledger_entry": entry.id if entry else None,
+        "notes": notes,
+    }
+    progress.text(f"Done: {_plural(len(results), 'image')}")
+    return _outputs(results, info)
+
+
+async def load_from_ledger(entry_id: str, *, node_id: str | None = None) -> GenerationResult:
+    """Turn a ledger entry back into images: saved files, and links that have not expired."""
+    entry = ledger.load_entry(entry_id)
+    progress = Progress(node_id)
+    now = time.time()
+    sources: dict[int, str | bytes] = {}
+    notes: list[str] = []
+    for image in entry.data["images"]:
+        if "file" in image:
+            sources[image["index"]] = entry.image_file(image["file"]).read_bytes()
+        elif "url" in image:
+            expires = calendar.timegm(time.strptime(image["expires_at"], "%Y-%m-%dT%H:%M:%SZ"))
+            if expires <= now:
+                notes.append(f"Image {image['index'] + 1}: its link expired at {image['expires_at']}.")
+            else:
+                sources[image["index"]] = image["url"]
+    results, errors = await fetch_images(sources, progress) if sources else ({}, {})
+    notes += [f"Image {index + 1}: {message}" for index, message in errors.items()]
+    if not results:
+        raise SeedreamError(
+            f"Nothing could be recovered from ledger entry {entry.id}: {' '.join(notes) or 'it holds no image'}"
+        )
+    return _outputs(results, {**entry.data, "ledger_entry": entry.id, "notes": notes})

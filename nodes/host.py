@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections.abc import Awaitable
+from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 
@@ -75,3 +76,9 @@ class Progress:
         if instance is not None and self.node_id:
             instance.send_progress_text(message, self.node_id)
 
+
+
+def user_directory() -> Path | None:
+    """ComfyUI's user directory (`ComfyUI/user` unless moved), or None outside ComfyUI."""
+    folder_paths = _module("folder_paths")
+    return Path(folder_paths.get_user_directory()) if folder_paths else None

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 
 from .errors import SeedreamError
-from .generation import generate
+from .generation import RunSettings, generate, load_from_ledger
+from .ledger import LATEST, entry_ids, load_entry
 from .models import DEFAULT_SIZE, load_table, size_choices
 from .request import (
     MAX_SEED,
@@ -107,6 +108,21 @@ def _service_options() -> dict[str, Any]:
     }
 
 
+def _run_options() -> dict[str, Any]:
+    return {
+        "timeout": ("INT", {
+            "default": 0, "min": 0, "max": 3600, "step": 10, "advanced": True,
+            "tooltip": "Seconds to wait for the answer; 0 = automatic (2 minutes + 1 per image asked for). "
+            "A request that times out may still be billed, so it is never sent again by itself.",
+        }),
+        "fail_on_partial": ("BOOLEAN", {
+            "default": False, "advanced": True,
+            "tooltip": "Off: images that succeeded come out and failures are listed in `info`. "
+            "On: any failed image stops the graph with an error (the answer stays in the ledger).",
+        }),
+    }
+
+
 SERVICE_OPTIONS = tuple(_service_options())
 
 
@@ -152,7 +168,9 @@ class _SeedreamNode:
             watermark=watermark, max_images=max_images if self.SEQUENTIAL else None,
             **{name: optional[name] for name in SERVICE_OPTIONS if name in optional},
         )
-        result = await generate(opts, references, node_id=unique_id)
+        run = RunSettings(timeout_seconds=optional.get("timeout") or None,
+                          fail_on_partial=bool(optional.get("fail_on_partial", False)))
+        result = await generate(opts, references, node_id=unique_id, run=run)
         return result.images, result.image_list, result.info_json
 
 
@@ -166,7 +184,7 @@ class SeedreamTextToImage(_SeedreamNode):
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": _widgets_before_images(_models(lambda s: True)) | _seed_and_watermark(),
-            "optional": _service_options(),
+            "optional": _service_options() | _run_options(),
             "hidden": _HIDDEN,
         }
 
@@ -181,7 +199,7 @@ class SeedreamImageToImage(_SeedreamNode):
             "required": _reference_inputs(range(1, 2))
             | _widgets_before_images(_models(lambda s: s.max_references > 0))
             | _seed_and_watermark(),
-            "optional": _reference_inputs(range(2, MAX_REFERENCE_INPUTS + 1)) | _service_options(),
+            "optional": _reference_inputs(range(2, MAX_REFERENCE_INPUTS + 1)) | _service_options() | _run_options(),
             "hidden": _HIDDEN,
         }
 
@@ -201,18 +219,61 @@ class SeedreamSequential(_SeedreamNode):
                 "this: name the number in the prompt. References + max_images must be 15 or less.",
             })}
             | _seed_and_watermark(),
-            "optional": _reference_inputs(range(1, MAX_REFERENCE_INPUTS + 1)) | _service_options(),
+            "optional": _reference_inputs(range(1, MAX_REFERENCE_INPUTS + 1)) | _service_options() | _run_options(),
             "hidden": _HIDDEN,
         }
+
+
+class SeedreamLedger:
+    """Recovers the images of an earlier answer from the ledger: saved files and live links."""
+
+    CATEGORY = CATEGORY
+    RETURN_TYPES = _SeedreamNode.RETURN_TYPES
+    RETURN_NAMES = _SeedreamNode.RETURN_NAMES
+    OUTPUT_IS_LIST = _SeedreamNode.OUTPUT_IS_LIST
+    OUTPUT_TOOLTIPS = _SeedreamNode.OUTPUT_TOOLTIPS
+    FUNCTION = "run"
+    DESCRIPTION = ("Load the images of an earlier Seedream answer from the ledger (no new request, no cost): "
+                   "after a failed download, a crash or a closed browser. Links live 24 hours.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {
+            "required": {"entry": ([LATEST, *entry_ids()], {
+                "default": LATEST,
+                "tooltip": "A ledger entry (date-time-id, newest first), or 'latest'. Entries named in an "
+                "error message can be typed in a workflow even before the list is refreshed.",
+            })},
+            "hidden": _HIDDEN,
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, entry: str) -> bool | str:
+        try:
+            load_entry(entry)
+        except SeedreamError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def IS_CHANGED(cls, entry: str) -> str:
+        """'latest' means a different entry whenever a new answer was recorded."""
+        return entry_ids()[0] if entry == LATEST and entry_ids() else entry
+
+    async def run(self, entry: str, unique_id: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor], str]:
+        result = await load_from_ledger(entry, node_id=unique_id)
+        return result.images, result.image_list, result.info_json
 
 
 NODE_CLASS_MAPPINGS = {
     "CometAPISeedreamTextToImage": SeedreamTextToImage,
     "CometAPISeedreamImageToImage": SeedreamImageToImage,
     "CometAPISeedreamSequential": SeedreamSequential,
+    "CometAPISeedreamLedger": SeedreamLedger,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "CometAPISeedreamTextToImage": "Seedream Text to Image (CometAPI)",
     "CometAPISeedreamImageToImage": "Seedream Image to Image (CometAPI)",
     "CometAPISeedreamSequential": "Seedream Sequential Images (CometAPI)",
+    "CometAPISeedreamLedger": "Seedream Load from Ledger (CometAPI)",
 }

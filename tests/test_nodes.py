@@ -48,14 +48,12 @@ def decode_data_uri(uri: str) -> Image.Image:
 
 def test_pack_loads_like_comfyui_loads_it():
     module = load_pack("some_folder_name_comfyui_chose")
-    assert set(module.NODE_CLASS_MAPPINGS) == {
-        "CometAPISeedreamTextToImage",
-        "CometAPISeedreamImageToImage",
-        "CometAPISeedreamSequential",
-    }
+    generators = ["CometAPISeedreamTextToImage", "CometAPISeedreamImageToImage", "CometAPISeedreamSequential"]
+    assert list(module.NODE_CLASS_MAPPINGS) == [*generators, "CometAPISeedreamLedger"]
     assert module.NODE_DISPLAY_NAME_MAPPINGS["CometAPISeedreamSequential"] == "Seedream Sequential Images (CometAPI)"
+    assert set(module.NODE_DISPLAY_NAME_MAPPINGS) == set(module.NODE_CLASS_MAPPINGS)
     assert (PACK_DIR / module.WEB_DIRECTORY).is_dir()
-    for node_class in module.NODE_CLASS_MAPPINGS.values():
+    for node_class in map(module.NODE_CLASS_MAPPINGS.get, generators):
         spec = node_class.INPUT_TYPES()
         assert node_class.RETURN_NAMES[0] == "images" and node_class.OUTPUT_IS_LIST == (False, True, False)
         assert spec["hidden"] == {"unique_id": "UNIQUE_ID"}
@@ -149,7 +147,7 @@ def test_image_to_image_sends_every_reference_in_order(service):
     decoded = [decode_data_uri(uri) for uri in sent]
     assert [im.size for im in decoded] == [(96, 64), (96, 64), (48, 48)]
     assert [im.format for im in decoded] == ["JPEG", "JPEG", "PNG"]
-    assert [r["sent"] for r in json.loads(info_text)["references"]] == ["96x64", "96x64", "48x48"]
+    assert [r["sent"] for r in json.loads(info_text)["request"]["references"]] == ["96x64", "96x64", "48x48"]
 
 
 def test_too_many_references_are_refused_before_sending(service):
@@ -251,16 +249,10 @@ def test_wrong_base_url_says_so(service, monkeypatch):
 
 def test_altered_link_gives_access_denied_with_explanation(service):
     client_module = importlib.import_module(f"{PACK_NAME}.nodes.client")
-    config = importlib.import_module(f"{PACK_NAME}.nodes.config")
     text_to_image()
-    url = json.loads(json.dumps(service.downloads[0].raw_target))
-    altered = service.storage_origin + url.replace("%2F", "/")
-
-    async def fetch():
-        return await client_module.CometAPIClient(config.load_settings()).download(altered)
-
+    altered = service.storage_origin + service.downloads[0].raw_target.replace("%2F", "/")
     with pytest.raises(errors.DownloadError, match="AccessDenied.*expire 24 hours"):
-        asyncio.run(fetch())
+        asyncio.run(client_module.download(altered))
 
 
 def test_runs_on_successive_event_loops_share_nothing_stale(service):

@@ -1,0 +1,132 @@
+"""The ledger: every answer that holds paid images is written to disk before anything is
+downloaded, so a failed download, a crash or a closed browser never loses what was billed.
+
+An entry is one JSON file (links, sizes, usage, model, prompt, time); images that came inside the
+answer (`b64_json`) are saved beside it, since they have no link. The folder is in ComfyUI's user
+directory but outside `user/<name>/`, which ComfyUI serves to browsers. "Seedream Load from
+Ledger" turns an entry back into images while its links live (24 hours).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import host
+from .client import GenerationAnswer, link_expiry
+from .config import config_dir
+from .errors import InputError, redact
+
+ENV_LEDGER_DIR = "SEEDREAM_COMETAPI_LEDGER_DIR"
+LATEST = "latest"
+_MAGIC_EXTENSIONS = ((b"\x89PNG", "png"), (b"\xff\xd8", "jpeg"), (b"RIFF", "webp"))
+
+
+def ledger_dir() -> Path:
+    """`$SEEDREAM_COMETAPI_LEDGER_DIR`, else `ComfyUI/user/seedream-cometapi/ledger`, else (outside
+    ComfyUI) `ledger/` in the pack's config folder."""
+    explicit = os.environ.get(ENV_LEDGER_DIR)
+    if explicit:
+        return Path(explicit).expanduser()
+    user = host.user_directory()
+    return user / "seedream-cometapi" / "ledger" if user else config_dir() / "ledger"
+
+
+def iso_time(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+@dataclass
+class LedgerEntry:
+    id: str
+    path: Path
+    data: dict[str, Any]
+
+    def image_file(self, name: str) -> Path:
+        return self.path.parent / name
+
+
+def _write(path: Path, data: dict[str, Any]) -> None:
+    """Atomic, private and redacted: a half-written entry never replaces a good one."""
+    text = redact(json.dumps(data, indent=2, ensure_ascii=False))
+    temporary = path.with_suffix(".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def _extension(data: bytes) -> str:
+    return next((ext for magic, ext in _MAGIC_EXTENSIONS if data.startswith(magic)), "bin")
+
+
+def record_answer(
+    answer: GenerationAnswer, request: dict[str, Any], prompt: str, inline_images: dict[int, bytes]
+) -> LedgerEntry:
+    """Write the answer before any download starts. `inline_images` are decoded `b64_json` images."""
+    folder = ledger_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    entry_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(answer.created))}-{secrets.token_hex(3)}"
+    images = []
+    for item in answer.items:
+        record: dict[str, Any] = {"index": item.index, "size": item.size}
+        if item.url:
+            record["url"] = item.url
+            record["expires_at"] = iso_time(link_expiry(item.url, answer.created))
+        if item.index in inline_images:
+            data = inline_images[item.index]
+            record["file"] = f"{entry_id}-{item.index + 1}.{_extension(data)}"
+            (folder / record["file"]).write_bytes(data)
+        if not item.ok:
+            record["error"] = {"code": item.error_code, "message": item.error_message}
+        images.append(record)
+    entry = LedgerEntry(
+        id=entry_id,
+        path=folder / f"{entry_id}.json",
+        data={
+            "id": entry_id,
+            "created": iso_time(answer.created),
+            "model": answer.model or request.get("model", ""),
+            "prompt": prompt,
+            "request": request,
+            "usage": answer.usage,
+            "images": images,
+            "status": "downloading",
+        },
+    )
+    _write(entry.path, entry.data)
+    return entry
+
+
+def record_outcome(entry: LedgerEntry, fetch_errors: dict[int, str]) -> None:
+    """Mark which images reached ComfyUI, so a later look shows what is still to recover."""
+    for image in entry.data["images"]:
+        if image["index"] in fetch_errors:
+            image["download_error"] = fetch_errors[image["index"]]
+    entry.data["status"] = "incomplete" if fetch_errors else "complete"
+    _write(entry.path, entry.data)
+
+
+def entry_ids() -> list[str]:
+    """Every entry, newest first."""
+    folder = ledger_dir()
+    if not folder.is_dir():
+        return []
+    return sorted((path.stem for path in folder.glob("*.json")), reverse=True)
+
+
+def load_entry(entry_id: str) -> LedgerEntry:
+    ids = entry_ids()
+    if entry_id == LATEST:
+        if not ids:
+            raise InputError(f"The ledger ({ledger_dir()}) is empty: no Seedream answer was recorded yet.")
+        entry_id = ids[0]
+    path = ledger_dir() / f"{Path(entry_id).name}.json"
+    if not path.is_file():
+        raise InputError(f"There is no ledger entry {entry_id!r} in {ledger_dir()}.")
+    return LedgerEntry(id=path.stem, path=path, data=json.loads(path.read_text(encoding="utf-8")))
