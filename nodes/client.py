@@ -13,6 +13,7 @@ import binascii
 import calendar
 import email.utils
 import json
+import logging
 import re
 import socket
 import time
@@ -59,6 +60,22 @@ _KEEPALIVE = [
         if hasattr(socket, name)
     ],
 ]
+
+
+class _SignedLinkFilter(logging.Filter):
+    """httpx logs every request line at INFO; a result link in a shared log would hand out the
+    image for a day, so its signature is masked there (the links stay whole in `info`)."""
+
+    _signature = re.compile(r"(X-Tos-Signature=)[^&\s\"']+")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "X-Tos-Signature=" in message:
+            record.msg, record.args = self._signature.sub(r"\1***", message), None
+        return True
+
+
+logging.getLogger("httpx").addFilter(_SignedLinkFilter())
 
 
 def generation_timeout(expected_images: int, read_seconds: float | None = None) -> httpx.Timeout:
@@ -173,6 +190,7 @@ def service_error(status: int, content_type: str, body: bytes, base_url: str) ->
         request_id = match.group(1) if match else ""
         label = code or str(error.get("type") or "error")
         text = f"CometAPI error {status} {label}: {message or '(no message)'}"
+        text += "" if text.endswith((".", "!", "?", ")")) else "."
         if request_id and request_id not in text:
             text += f" (request id {request_id})"
         return ServiceError(
@@ -183,7 +201,11 @@ def service_error(status: int, content_type: str, body: bytes, base_url: str) ->
             request_id=request_id,
             structured=True,
         )
-    if 300 <= status < 400 or "html" in content_type or body.lstrip()[:1] == b"<":
+    is_page = "html" in content_type or body.lstrip()[:1] == b"<"
+    if is_page and status >= 500:
+        return ServiceError(f"CometAPI, or a gateway in front of it, failed with HTTP {status} (a web page, not JSON).",
+                            status=status)
+    if 300 <= status < 400 or is_page:
         return ServiceError(
             f"CometAPI answered HTTP {status} with "
             f"{'a redirect' if 300 <= status < 400 else 'a web page'} instead of JSON: the base URL "

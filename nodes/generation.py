@@ -157,7 +157,12 @@ async def generate(
     progress.text(f"Generating with {checked.spec.label}")
     started = time.monotonic()
     timeout = generation_timeout(opts.max_images or 1, run.timeout_seconds)
-    answer = await interruptible(CometAPIClient(settings).generate(body, timeout))
+    try:
+        answer = await interruptible(CometAPIClient(settings).generate(body, timeout))
+    except BaseException as exc:
+        if not isinstance(exc, SeedreamError):  # Cancel (ComfyUI's interrupt) while the service worked
+            logger.warning("Seedream run cancelled after the request was sent: CometAPI may still bill it.")
+        raise
 
     good = [item for item in answer.items if item.ok]
     failed = [item for item in answer.items if not item.ok]

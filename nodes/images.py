@@ -37,7 +37,8 @@ def tensor_to_arrays(images: torch.Tensor) -> list[np.ndarray]:
         images = torch.cat([images[..., :1].expand(*images.shape[:-1], 3), images[..., 1:]], dim=-1)
     elif channels > 4:
         images = images[..., :3]
-    data = images.detach().to("cpu", torch.float32).clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    # clamp (not clamp_) makes the copy: the caller's tensor is shared with other nodes and cached.
+    data = images.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
     return [np.ascontiguousarray(frame) for frame in data.numpy()]
 
 

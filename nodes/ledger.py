@@ -71,7 +71,8 @@ def record_answer(
     """Write the answer before any download starts. `inline_images` are decoded `b64_json` images."""
     folder = ledger_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    entry_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(answer.created))}-{secrets.token_hex(3)}"
+    now = time.time()  # ids sort by when they were recorded, to the millisecond
+    entry_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
     images = []
     for item in answer.items:
         record: dict[str, Any] = {"index": item.index, "size": item.size}

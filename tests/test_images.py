@@ -25,6 +25,13 @@ def decode_uri(uri: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(payload)))
 
 
+def test_the_callers_tensor_is_left_untouched():
+    for dtype in (torch.float32, torch.float16):
+        source = torch.full((2, 8, 8, 3), 0.5, dtype=dtype)
+        images.tensor_to_arrays(source)
+        assert torch.equal(source, torch.full((2, 8, 8, 3), 0.5, dtype=dtype))
+
+
 def test_batches_dtypes_and_channels_become_arrays():
     batch = torch.rand(3, 40, 60, 3, dtype=torch.float16)
     arrays = images.tensor_to_arrays(batch)
