@@ -56,8 +56,10 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'s' * (count != 1)}"
 
 
-def _describe_failures(items: list[ResultItem]) -> str:
-    return "; ".join(f"image {i.index + 1}: {i.error_code} {i.error_message}".strip() for i in items)
+def _describe_failures(items: list[ResultItem], fetch_errors: dict[int, str] | None = None) -> str:
+    """'image 2: Code message; image 3: message' without trailing full stops."""
+    parts = {i.index: f"{i.error_code} {i.error_message}" for i in items} | (fetch_errors or {})
+    return "; ".join(f"image {index + 1}: {text.strip().rstrip('.')}" for index, text in sorted(parts.items()))
 
 
 async def fetch_images(
@@ -198,8 +200,8 @@ async def generate(
         ledger.record_outcome(entry, fetch_errors)
     if not results:
         raise SeedreamError(
-            f"{_plural(len(good), 'image')} were generated (and billed) but none could be fetched: "
-            f"{'; '.join(fetch_errors.values())}.{_recovery_hint(entry)}"
+            f"{_plural(len(good), 'image')} {'was' if len(good) == 1 else 'were'} generated (and billed) but "
+            f"could not be fetched: {_describe_failures([], fetch_errors)}.{_recovery_hint(entry)}"
         )
     if fetch_errors:
         notes.append(
@@ -208,8 +210,7 @@ async def generate(
     if run.fail_on_partial and (failed or fetch_errors):
         raise SeedreamError(
             f"fail_on_partial is on and {len(failed) + len(fetch_errors)} of {len(answer.items)} images failed: "
-            f"{_describe_failures(failed)} {'; '.join(fetch_errors.values())}".strip()
-            + f".{_recovery_hint(entry)}"
+            f"{_describe_failures(failed, fetch_errors)}.{_recovery_hint(entry)}"
         )
 
     info = {

@@ -53,7 +53,8 @@ def fast_retries(monkeypatch):
 def record(name: str, service, outcome: str) -> None:
     calls = service.generation_requests()
     billing = f"{len(calls)} / {service.billed_images}"
-    ROWS.append((name, billing, str(len(service.downloads)), outcome.replace("|", "/")))
+    outcome = outcome.replace(str(ledger.ledger_dir()), "<ledger>").replace("|", "/")
+    ROWS.append((name, billing, str(len(service.downloads)), outcome))
 
 
 def t2i(prompt: str = "a red fox", **inputs):
