@@ -52,6 +52,13 @@ def _ratio_text(value: float) -> str:
     return f"1/{1 / value:g}" if value < 1 else f"{value:g}"
 
 
+def _aspect_problem(width: int, height: int, lowest: float, highest: float) -> str | None:
+    aspect = width / height
+    if lowest <= aspect <= highest:
+        return None
+    return f"a width/height ratio of {aspect:.3g}; accepted: {_ratio_text(lowest)} to {_ratio_text(highest)}"
+
+
 def _check_size(opts: GenerationOptions, spec: ModelSpec) -> str:
     preset, width, height = parse_size_choice(opts.size, opts.width, opts.height)
     if preset:
@@ -76,12 +83,9 @@ def _check_size(opts: GenerationOptions, spec: ModelSpec) -> str:
         raise InputError(
             f"{where}: {spec.label} takes width and height from {spec.min_side} to {spec.max_side}."
         )
-    aspect = width / height
-    if not spec.min_aspect <= aspect <= spec.max_aspect:
-        raise InputError(
-            f"{where} has a width/height ratio of {aspect:.3g}; {spec.label} accepts "
-            f"{_ratio_text(spec.min_aspect)} to {_ratio_text(spec.max_aspect)}."
-        )
+    problem = _aspect_problem(width, height, spec.min_aspect, spec.max_aspect)
+    if problem:
+        raise InputError(f"{where} has {problem} ({spec.label}).")
     return f"{width}x{height}"
 
 
@@ -121,13 +125,9 @@ def _check_references(
                 f"Reference image {number} is {width}x{height}: each side must be larger than "
                 f"{limits.min_side_exclusive} pixels."
             )
-        aspect = width / height
-        if not limits.min_aspect <= aspect <= limits.max_aspect:
-            raise InputError(
-                f"Reference image {number} is {width}x{height}, a width/height ratio of {aspect:.3g}; "
-                f"the service accepts {_ratio_text(limits.min_aspect)} to "
-                f"{_ratio_text(limits.max_aspect)}. Crop or pad it first."
-            )
+        problem = _aspect_problem(width, height, limits.min_aspect, limits.max_aspect)
+        if problem:
+            raise InputError(f"Reference image {number} is {width}x{height}, {problem}. Crop or pad it first.")
 
 
 def check_request(
