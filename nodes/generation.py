@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import ledger
@@ -28,7 +27,7 @@ from .client import (
 from .config import Settings, load_settings
 from .errors import InputError, SeedreamError, ServiceError, logger, redact
 from .host import Progress, interruptible
-from .images import EncodedReference, array_to_tensor, batch_images, decode_result, encode_reference, tensor_to_arrays
+from .images import REFERENCE_FORMATS, WORKERS, EncodedReference, ResultBatch, encode_reference, split_frames
 from .models import load_table
 from .request import GenerationOptions, build_body, check_request
 
@@ -50,6 +49,7 @@ class RunSettings:
 
     timeout_seconds: float | None = None  # None: grows with the number of images asked for
     fail_on_partial: bool = False
+    reference_format: str = "jpeg"  # or "png": lossless, larger and slower
 
 
 def _plural(count: int, word: str) -> str:
@@ -63,32 +63,33 @@ def _describe_failures(items: list[ResultItem], fetch_errors: dict[int, str] | N
 
 
 async def fetch_images(
-    sources: dict[int, str | bytes], progress: Progress
-) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Download (links) or take (bytes) and decode every image at once; return the decoded
-    images and the errors, both by index. One failure does not stop the others."""
-    results: dict[int, np.ndarray] = {}
+    sources: dict[int, str | bytes], declared_sizes: dict[int, str | None], progress: Progress
+) -> tuple[ResultBatch, dict[int, str]]:
+    """Download (links) or take (bytes) every image at once, decoding each on a worker thread as
+    soon as it arrives; return the collected images and the errors by index. One failure does not
+    stop the others."""
+    collected = ResultBatch(declared_sizes)
     errors: dict[int, str] = {}
+    loop = asyncio.get_running_loop()
 
     async def fetch(index: int, source: str | bytes) -> None:
         try:
             data = source if isinstance(source, bytes) else await download(source)
-            results[index] = await asyncio.to_thread(decode_result, data)
+            await loop.run_in_executor(WORKERS, collected.add, index, data)
         except SeedreamError as exc:
             errors[index] = str(exc)
             logger.warning("Result %d could not be fetched: %s", index + 1, exc)
-        done = len(results) + len(errors)
+        done = len(collected) + len(errors)
         progress.text(f"Downloaded {done} of {len(sources)}")
         progress.update(done, len(sources))
 
     progress.text(f"Downloading {_plural(len(sources), 'image')}")
     await interruptible(asyncio.gather(*(fetch(index, source) for index, source in sources.items())))
-    return results, errors
+    return collected, errors
 
 
-def _outputs(results: dict[int, np.ndarray], info: dict[str, Any]) -> GenerationResult:
-    image_list = [array_to_tensor(results[index]) for index in sorted(results)]
-    batch, resized = batch_images(image_list)
+def _outputs(collected: ResultBatch, info: dict[str, Any]) -> GenerationResult:
+    batch, image_list, resized = collected.finish()
     if resized:
         info["notes"].append(
             f"Images {', '.join(str(i + 1) for i in resized)} differ in size from the first and were "
@@ -138,20 +139,29 @@ async def generate(
     """Run one generation. Raises `SeedreamError` subclasses with user-facing messages."""
     run = run or RunSettings()
     table = load_table()
-    arrays = [array for batch in references for array in tensor_to_arrays(batch)]
-    checked = check_request(opts, table, [(a.shape[1], a.shape[0]) for a in arrays])
+    frames = [frame for batch in references for frame in split_frames(batch)]
+    checked = check_request(opts, table, [(frame.shape[1], frame.shape[0]) for frame in frames])
     settings = settings or load_settings()
     if settings.api_key in opts.prompt:
         raise InputError("The prompt contains your CometAPI key: remove it (nothing was sent).")
+    if run.reference_format not in REFERENCE_FORMATS:
+        raise InputError(f"reference_format must be one of {', '.join(REFERENCE_FORMATS)}.")
     progress = Progress(node_id)
     notes = list(checked.notes)
 
     encoded: list[EncodedReference] = []
-    if arrays:
-        progress.text(f"Preparing {_plural(len(arrays), 'reference image')}")
-        limits = table.reference_limits
+    if frames:
+        progress.text(f"Preparing {_plural(len(frames), 'reference image')}")
+        loop = asyncio.get_running_loop()
         encoded = await interruptible(
-            asyncio.to_thread(lambda: [encode_reference(a, limits, n) for n, a in enumerate(arrays, start=1)])
+            asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        WORKERS, encode_reference, frame, table.reference_limits, number, run.reference_format
+                    )
+                    for number, frame in enumerate(frames, start=1)
+                )
+            )
         )
         notes += [note for ref in encoded for note in ref.notes]
     body = build_body(opts, checked, [ref.data_uri for ref in encoded])
@@ -194,7 +204,7 @@ async def generate(
     summary = _request_summary(body, encoded)
     entry = _record(answer, summary, opts.prompt, inline, notes)
 
-    results, download_errors = await fetch_images(sources, progress)
+    results, download_errors = await fetch_images(sources, {item.index: item.size for item in good}, progress)
     fetch_errors |= download_errors
     if entry:
         ledger.record_outcome(entry, fetch_errors)
@@ -247,7 +257,8 @@ async def load_from_ledger(entry_id: str, *, node_id: str | None = None) -> Gene
                 notes.append(f"Image {image['index'] + 1}: its link expired at {image['expires_at']}.")
             else:
                 sources[image["index"]] = image["url"]
-    results, errors = await fetch_images(sources, progress) if sources else ({}, {})
+    declared = {image["index"]: image.get("size") for image in entry.data["images"] if image["index"] in sources}
+    results, errors = await fetch_images(sources, declared, progress)
     notes += [f"Image {index + 1}: {message}" for index, message in errors.items()]
     if not results:
         raise SeedreamError(

@@ -11,6 +11,7 @@ import torch
 
 from .errors import SeedreamError
 from .generation import RunSettings, generate, load_from_ledger
+from .images import REFERENCE_FORMATS
 from .ledger import LATEST, entry_ids, load_entry
 from .models import DEFAULT_SIZE, load_table, size_choices
 from .request import (
@@ -108,6 +109,17 @@ def _service_options() -> dict[str, Any]:
     }
 
 
+def _reference_format() -> dict[str, Any]:
+    return {
+        "reference_format": (list(REFERENCE_FORMATS), {
+            "default": "jpeg", "advanced": True,
+            "tooltip": "How references are sent. jpeg: quality 90 without chroma subsampling, several times "
+            "smaller and 20x faster than PNG (PSNR near 50 dB on photos); png: lossless. "
+            "Transparent images are always sent as PNG.",
+        }),
+    }
+
+
 def _run_options() -> dict[str, Any]:
     return {
         "timeout": ("INT", {
@@ -169,7 +181,8 @@ class _SeedreamNode:
             **{name: optional[name] for name in SERVICE_OPTIONS if name in optional},
         )
         run = RunSettings(timeout_seconds=optional.get("timeout") or None,
-                          fail_on_partial=bool(optional.get("fail_on_partial", False)))
+                          fail_on_partial=bool(optional.get("fail_on_partial", False)),
+                          reference_format=optional.get("reference_format", "jpeg"))
         result = await generate(opts, references, node_id=unique_id, run=run)
         return result.images, result.image_list, result.info_json
 
@@ -199,7 +212,8 @@ class SeedreamImageToImage(_SeedreamNode):
             "required": _reference_inputs(range(1, 2))
             | _widgets_before_images(_models(lambda s: s.max_references > 0))
             | _seed_and_watermark(),
-            "optional": _reference_inputs(range(2, MAX_REFERENCE_INPUTS + 1)) | _service_options() | _run_options(),
+            "optional": _reference_inputs(range(2, MAX_REFERENCE_INPUTS + 1)) | _service_options() | _run_options()
+            | _reference_format(),
             "hidden": _HIDDEN,
         }
 
@@ -219,7 +233,8 @@ class SeedreamSequential(_SeedreamNode):
                 "this: name the number in the prompt. References + max_images must be 15 or less.",
             })}
             | _seed_and_watermark(),
-            "optional": _reference_inputs(range(1, MAX_REFERENCE_INPUTS + 1)) | _service_options() | _run_options(),
+            "optional": _reference_inputs(range(1, MAX_REFERENCE_INPUTS + 1)) | _service_options() | _run_options()
+            | _reference_format(),
             "hidden": _HIDDEN,
         }
 

@@ -57,11 +57,14 @@ def test_opaque_image_is_jpeg_and_transparent_is_png():
 
 
 def test_jpeg_fidelity_is_high():
-    rng = np.random.default_rng(0)
-    smooth = np.clip(np.cumsum(rng.normal(0, 2, (256, 256, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    rng = np.random.default_rng(0)  # photo-like: smooth colour, textured luminance, sensor noise
+    y, x = np.mgrid[0:256, 0:256] / 256
+    colour = np.stack([np.sin(3 * x + 1), np.cos(2 * y), np.sin(2 * x * y + 2)], axis=-1) * 60 + 128
+    texture = np.cumsum(rng.normal(0, 1.5, (256, 256)), axis=1)[..., None]
+    smooth = np.clip(colour + texture + rng.normal(0, 2, (256, 256, 3)), 0, 255).astype(np.uint8)
     back = np.asarray(decode_uri(images.encode_reference(smooth, LIMITS, 1).data_uri).convert("RGB"), np.float64)
     mse = np.mean((back - smooth) ** 2)
-    assert 10 * np.log10(255**2 / mse) > 38
+    assert 10 * np.log10(255**2 / mse) > 40
 
 
 def test_limits_force_downscale_and_say_so():
@@ -94,3 +97,28 @@ def test_batch_of_mixed_sizes_does_not_crash():
     batch, resized = images.batch_images([first, second, first])
     assert batch.shape == (3, 64, 64, 3) and resized == [1]
     assert torch.equal(batch[0], first[0])
+
+
+def _png(width: int, height: int, value: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (value, value, value)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_result_batch_fills_one_tensor_and_lists_views_of_it():
+    collected = images.ResultBatch({0: "32x16", 1: "32x16", 2: "32x16"})
+    collected.add(2, _png(32, 16, 200))
+    collected.add(0, _png(32, 16, 100))  # image 1 failed: its row is closed up
+    batch, image_list, resized = collected.finish()
+    assert batch.shape == (2, 16, 32, 3) and resized == []
+    assert [round(float(t.mean()) * 255) for t in image_list] == [100, 200]
+    assert all(t.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr() for t in image_list)
+
+
+def test_result_batch_with_an_odd_size_fits_it_into_the_batch():
+    collected = images.ResultBatch({0: "32x16", 1: "32x16"})
+    collected.add(0, _png(32, 16, 50))
+    collected.add(1, _png(16, 32, 150))
+    batch, image_list, resized = collected.finish()
+    assert batch.shape == (2, 16, 32, 3) and resized == [1]
+    assert [tuple(t.shape) for t in image_list] == [(1, 16, 32, 3), (1, 32, 16, 3)]
