@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import hashlib
 import hmac
 import io
@@ -312,12 +313,29 @@ def _watermark_box(width: int, height: int) -> tuple[int, int, int, int]:
     return (width - margin - box_w, height - margin - box_h, width - margin, height - margin)
 
 
+@functools.lru_cache(maxsize=32)
 def render_image(
-    prompt: str, seed: int, index: int, width: int, height: int, *, watermark: bool, fmt: str = "jpeg"
+    prompt: str,
+    seed: int,
+    index: int,
+    width: int,
+    height: int,
+    *,
+    watermark: bool,
+    fmt: str = "jpeg",
+    textured: bool = False,
 ) -> bytes:
     """A deterministic output image: a flat colour from (prompt, seed, index), index+1 black squares in the
-    top-left corner and, if `watermark`, a white box bottom-right."""
+    top-left corner and, if `watermark`, a white box bottom-right. `textured` adds photo-like gradients and
+    grain (for benchmarks: flat images decode unrealistically fast). Cached: the same request renders once."""
     image = Image.new("RGB", (width, height), image_color(prompt, seed, index))
+    if textured:
+        rng = np.random.default_rng((seed * 1009 + index) & 0xFFFFFFFF)
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32) / max(width, height)
+        shade = (np.sin(7 * x + index) * np.cos(5 * y) * 40)[..., None]
+        grain = rng.normal(0, 6, (height, width, 1)).astype(np.float32)
+        pixels = np.asarray(image, np.float32) + shade + grain
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     side = _mark_side(width, height)
     for k in range(index + 1):
         left = side + 2 * side * k
@@ -631,6 +649,7 @@ class SeedreamEmulator:
         self._faults: list[_QueuedFault] = []
         self._objects: dict[str, tuple[bytes, str]] = {}
         self.time_scale = time_scale
+        self.textured = False  # photo-like result images (benchmarks)
         self.sequential_count: int | None = None
         self.now: Callable[[], datetime] = _utc_now
         self.models: dict[str, ModelSpec] = dict(MODELS)
@@ -675,6 +694,7 @@ class SeedreamEmulator:
             self._objects.clear()
             self.billed_images = 0
         self.time_scale = self._default_time_scale
+        self.textured = False
         self.sequential_count = None
         self.now = _utc_now
         self.models = dict(MODELS)
@@ -907,7 +927,9 @@ class SeedreamEmulator:
                 yield _Item(index, {"error": {"code": "InternalServiceError", "message": message}}, 0)
                 return
             width, height = job.sizes.get(index, (job.width, job.height))
-            data = render_image(job.prompt, job.seed, index, width, height, watermark=job.watermark, fmt=job.fmt)
+            data = render_image(
+                job.prompt, job.seed, index, width, height, watermark=job.watermark, fmt=job.fmt, textured=self.textured
+            )
             with self._lock:
                 self.billed_images += 1
             if job.response_format == "b64_json":
