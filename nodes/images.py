@@ -78,11 +78,6 @@ def frame_to_array(frame: torch.Tensor) -> np.ndarray:
     return array.numpy()
 
 
-def tensor_to_arrays(images: torch.Tensor) -> list[np.ndarray]:
-    """Every image of an IMAGE batch as its own uint8 array [H, W, C]."""
-    return [frame_to_array(frame).copy() for frame in split_frames(images)]
-
-
 def _pil_image(array: np.ndarray) -> Image.Image:
     if array.shape[-1] == 1:
         return Image.fromarray(array[..., 0])  # L

@@ -19,6 +19,10 @@ errors = importlib.import_module(f"{PACK_NAME}.nodes.errors")
 LIMITS = models.load_table().reference_limits
 
 
+def to_arrays(batch: torch.Tensor) -> list[np.ndarray]:
+    return [images.frame_to_array(frame).copy() for frame in images.split_frames(batch)]
+
+
 def decode_uri(uri: str) -> Image.Image:
     header, _, payload = uri.partition(",")
     assert header in ("data:image/jpeg;base64", "data:image/png;base64")
@@ -28,18 +32,18 @@ def decode_uri(uri: str) -> Image.Image:
 def test_the_callers_tensor_is_left_untouched():
     for dtype in (torch.float32, torch.float16):
         source = torch.full((2, 8, 8, 3), 0.5, dtype=dtype)
-        images.tensor_to_arrays(source)
+        to_arrays(source)
         assert torch.equal(source, torch.full((2, 8, 8, 3), 0.5, dtype=dtype))
 
 
 def test_batches_dtypes_and_channels_become_arrays():
     batch = torch.rand(3, 40, 60, 3, dtype=torch.float16)
-    arrays = images.tensor_to_arrays(batch)
+    arrays = to_arrays(batch)
     assert len(arrays) == 3 and arrays[0].shape == (40, 60, 3) and arrays[0].dtype == np.uint8
-    assert images.tensor_to_arrays(torch.rand(40, 60, 3, dtype=torch.bfloat16))[0].shape == (40, 60, 3)
-    assert images.tensor_to_arrays(torch.rand(1, 20, 20, 1))[0].shape == (20, 20, 1)
-    assert images.tensor_to_arrays(torch.rand(1, 20, 20, 2))[0].shape == (20, 20, 4)
-    over = images.tensor_to_arrays(torch.full((1, 4, 4, 3), 1.7))[0]
+    assert to_arrays(torch.rand(40, 60, 3, dtype=torch.bfloat16))[0].shape == (40, 60, 3)
+    assert to_arrays(torch.rand(1, 20, 20, 1))[0].shape == (20, 20, 1)
+    assert to_arrays(torch.rand(1, 20, 20, 2))[0].shape == (20, 20, 4)
+    over = to_arrays(torch.full((1, 4, 4, 3), 1.7))[0]
     assert over.max() == 255
 
 
