@@ -76,9 +76,9 @@ async def fetch_images(
         try:
             data = source if isinstance(source, bytes) else await download(source)
             await loop.run_in_executor(WORKERS, collected.add, index, data)
-        except SeedreamError as exc:
-            errors[index] = str(exc)
-            logger.warning("Result %d could not be fetched: %s", index + 1, exc)
+        except Exception as exc:  # whatever fails, the answer stays recoverable from the ledger
+            errors[index] = str(exc) if isinstance(exc, SeedreamError) else f"{type(exc).__name__}: {exc}"
+            logger.warning("Result %d could not be fetched: %s", index + 1, errors[index])
         done = len(collected) + len(errors)
         progress.text(f"Downloaded {done} of {len(sources)}")
         progress.update(done, len(sources))

@@ -198,14 +198,18 @@ class ResultBatch:
         self.batch = torch.empty((len(self.rows), shape[1], shape[0], 3)) if shape else None
         self.filled: set[int] = set()
         self.loose: dict[int, torch.Tensor] = {}
+        # ComfyUI runs nodes under torch.inference_mode(), which is per thread: the batch made here
+        # is an inference tensor, and the worker threads that fill it must be in the same mode.
+        self.inference_mode = torch.is_inference_mode_enabled()
 
     def add(self, index: int, data: bytes) -> None:
         array = decode_result(data)
-        if self.batch is not None and array.shape[:2] == self.batch.shape[1:3]:
-            self.batch[self.rows[index]].copy_(torch.from_numpy(array)).mul_(1.0 / 255.0)
-            self.filled.add(index)
-        else:
-            self.loose[index] = array_to_tensor(array)
+        with torch.inference_mode(self.inference_mode):
+            if self.batch is not None and array.shape[:2] == self.batch.shape[1:3]:
+                self.batch[self.rows[index]].copy_(torch.from_numpy(array)).mul_(1.0 / 255.0)
+                self.filled.add(index)
+            else:
+                self.loose[index] = array_to_tensor(array)
 
     def __len__(self) -> int:
         return len(self.filled) + len(self.loose)

@@ -271,7 +271,7 @@ class SeedreamLedger:
         return True
 
     @classmethod
-    def IS_CHANGED(cls, entry: str) -> str:
+    def IS_CHANGED(cls, entry: str, **hidden: Any) -> str:
         """'latest' means a different entry whenever a new answer was recorded."""
         return entry_ids()[0] if entry == LATEST and entry_ids() else entry
 

@@ -283,3 +283,21 @@ def test_answers_of_different_sizes_do_not_crash(service):
     assert images.shape == (3, 2048, 2048, 3)
     assert [tuple(t.shape[1:3]) for t in image_list] == [(2048, 2048), (2848, 1600), (2048, 2048)]
     assert any("fitted to it" in note for note in json.loads(info_text)["notes"])
+
+
+def test_nodes_run_under_inference_mode_as_in_comfyui(service):
+    """ComfyUI executes every node inside torch.inference_mode(); worker threads are not in it."""
+    reference = torch.rand(1, 64, 64, 3)
+    with torch.inference_mode():
+        images, image_list, _ = run(
+            seedream.SeedreamSequential, image_1=reference, prompt="three panels [[size:2=1600x2848]]",
+            model=V45, max_images=3, **BASE,
+        )
+        again, _, _ = text_to_image()
+    assert images.shape == (3, 2048, 2048, 3) and len(image_list) == 3 and again.shape[0] == 1
+
+
+def test_ledger_node_accepts_hidden_inputs_in_is_changed(service):
+    text_to_image()
+    latest = seedream.SeedreamLedger.IS_CHANGED(entry="latest", unique_id="7")
+    assert latest and latest != "latest"
