@@ -110,19 +110,27 @@ class GenerationAnswer:
 
 # --- one shared HTTP client per event loop --------------------------------------------------
 # httpx connections belong to the loop that opened them, and ComfyUI runs each prompt on a new
-# loop: the client and the concurrency limit are shared per loop (one prompt runs at a time, so
-# that is per process in practice). Connections are never kept alive: a reused idle connection
-# that the server had closed makes a POST ambiguous (did it arrive?), while on a fresh one a
-# failure to connect proves nothing was sent.
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
-_slots: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+# loop (one at a time): the client and the concurrency limit belong to the current loop and are
+# replaced, not accumulated, when the loop changes. Connections are never kept alive: a reused
+# idle connection that the server had closed makes a POST ambiguous (did it arrive?), while on a
+# fresh one a failure to connect proves nothing was sent.
 
 
-def shared_http_client() -> httpx.AsyncClient:
+@dataclass
+class _LoopResources:
+    loop: weakref.ReferenceType[asyncio.AbstractEventLoop]
+    http: httpx.AsyncClient
+    slots: asyncio.Semaphore
+
+
+_current: _LoopResources | None = None
+
+
+def _resources() -> _LoopResources:
+    global _current
     loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None or client.is_closed:
-        client = httpx.AsyncClient(
+    if _current is None or _current.loop() is not loop or _current.http.is_closed:
+        http = httpx.AsyncClient(
             transport=httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(max_connections=32, max_keepalive_connections=0),
                 socket_options=_KEEPALIVE,
@@ -130,16 +138,17 @@ def shared_http_client() -> httpx.AsyncClient:
             follow_redirects=False,
             headers={"User-Agent": "seedream-cometapi-comfyui"},
         )
-        _clients[loop] = client
-    return client
+        _current = _LoopResources(weakref.ref(loop), http, asyncio.Semaphore(MAX_CONCURRENT_REQUESTS))
+    return _current
+
+
+def shared_http_client() -> httpx.AsyncClient:
+    return _resources().http
 
 
 def request_slots() -> asyncio.Semaphore:
     """Limits generation requests in flight so a list of 50 prompts does not open 50 at once."""
-    loop = asyncio.get_running_loop()
-    if loop not in _slots:
-        _slots[loop] = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
-    return _slots[loop]
+    return _resources().slots
 
 
 class _Cooldown:
@@ -302,6 +311,7 @@ async def _read_capped(response: httpx.Response, limit: int, what: str) -> bytes
 class CometAPIClient:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.sent = False  # a request has left (or was leaving) for the service
 
     async def generate(self, body: dict[str, Any], timeout: httpx.Timeout) -> GenerationAnswer:
         """POST the body. Sent again only when nothing can have been billed: the connection never
@@ -309,8 +319,9 @@ class CometAPIClient:
         says the request was not processed. Anything else after sending is final."""
         content = encode_body(body)
         for attempt in range(1, POST_ATTEMPTS + 1):
-            await cooldown.wait()
             async with request_slots():
+                await cooldown.wait()  # inside the slot: a 429 seen meanwhile pauses this one too
+                self.sent = True
                 try:
                     answer = await self._post_once(content, timeout)
                     break
@@ -373,12 +384,15 @@ class CometAPIClient:
         try:
             payload = json.loads(data)
         except ValueError:
+            if data.lstrip()[:1] == b"<":  # most likely the base URL points at a website
+                error = service_error(200, "text/html", data, base_url)
+                raise ServiceError(f"{error} If it is right: {MAYBE_BILLED.strip()}", maybe_billed=True) from None
             raise ServiceError(
                 f"CometAPI answered 200 with something that is not JSON ({data[:80]!r})." + MAYBE_BILLED,
                 maybe_billed=True,
             ) from None
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict) and not payload.get("data"):
-            raise service_error(400, "application/json", data, base_url)
+            raise service_error(response.status_code, "application/json", data, base_url)
         try:
             return parse_answer(payload)
         except ServiceError as exc:
@@ -431,8 +445,11 @@ def _download_refused(status: int, body: bytes) -> DownloadError:
     return DownloadError(f"The result link answered HTTP {status}: {text}")
 
 
-def decode_b64_item(item: ResultItem) -> bytes:
+def decode_b64(text: str) -> bytes:
+    """Decode a `b64_json` image, tolerating a `data:` prefix and line breaks."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
     try:
-        return base64.b64decode(item.b64_json or "", validate=True)
+        return base64.b64decode(re.sub(r"\s+", "", text), validate=True)
     except (binascii.Error, ValueError):
-        raise DownloadError(f"Image {item.index + 1} of the answer has invalid base64 data.") from None
+        raise DownloadError("The image in the answer is not valid base64.") from None

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import ConfigurationError, logger, register_secret
 
@@ -68,7 +69,7 @@ class Settings:
 
 def _read_key_file(path: Path) -> str:
     try:
-        key = path.read_text(encoding="utf-8").strip()
+        key = path.read_text(encoding="utf-8-sig").strip()  # -sig: Notepad's byte order mark
     except OSError as exc:
         raise ConfigurationError(f"The key file {path} cannot be read ({exc.strerror}).") from None
     if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -80,10 +81,13 @@ def load_settings() -> Settings:
     """Read the base URL and the API key; raise `ConfigurationError` when there is no key."""
     base_url = os.environ.get(ENV_BASE_URL) or read_config_file().get("base_url") or DEFAULT_BASE_URL
     base_url = str(base_url).strip().rstrip("/")
-    if not base_url.startswith(("https://", "http://")):
+    parts = urlsplit(base_url)
+    local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not local:
         raise ConfigurationError(
-            f"The CometAPI base URL must start with https:// (got {base_url!r}); "
-            f"set {ENV_BASE_URL} or remove it to use {DEFAULT_BASE_URL}."
+            f"The CometAPI base URL must start with https:// (got {base_url!r}; plain http only to this "
+            f"machine), or the key would travel in clear text. Fix {ENV_BASE_URL} or remove it to use "
+            f"{DEFAULT_BASE_URL}."
         )
 
     key, source = os.environ.get(ENV_KEY, "").strip(), f"${ENV_KEY}"
@@ -97,7 +101,10 @@ def load_settings() -> Settings:
             f"starting ComfyUI, or put the key alone in the file {key_file()} "
             "(get a key at cometapi.com, Console > API keys). Nothing was sent."
         )
-    if any(ch.isspace() for ch in key):
-        raise ConfigurationError(f"The CometAPI key from {source} contains spaces or line breaks.")
+    if any(ch.isspace() for ch in key) or not key.isascii():
+        raise ConfigurationError(
+            f"The CometAPI key from {source} contains spaces, line breaks or non-ASCII characters: "
+            "paste the key alone."
+        )
     register_secret(key)
     return Settings(base_url=base_url, api_key=key, key_source=source)

@@ -20,7 +20,7 @@ from .client import (
     CometAPIClient,
     GenerationAnswer,
     ResultItem,
-    decode_b64_item,
+    decode_b64,
     download,
     generation_timeout,
 )
@@ -98,9 +98,9 @@ def _outputs(collected: ResultBatch, info: dict[str, Any]) -> GenerationResult:
     return GenerationResult(images=batch, image_list=image_list, info=info)
 
 
-def _recovery_hint(entry: ledger.LedgerEntry | None) -> str:
+def _recovery_hint(entry: ledger.LedgerEntry | None, links: list[str]) -> str:
     if entry is None:
-        return ""
+        return f" The ledger could not be written; the links (valid 24 hours): {' '.join(links)}" if links else ""
     return (
         f" The answer is saved in the ledger as {entry.id} ({entry.path}): load it with "
         "'Seedream Load from Ledger' while its links live (24 hours)."
@@ -118,13 +118,14 @@ def _request_summary(body: dict[str, Any], references: list[EncodedReference]) -
 
 
 def _record(
-    answer: GenerationAnswer, summary: dict[str, Any], prompt: str, inline: dict[int, bytes], notes: list[str]
+    answer: GenerationAnswer, summary: dict[str, Any], prompt: str, inline: dict[int, bytes | str], notes: list[str]
 ) -> ledger.LedgerEntry | None:
     try:
         return ledger.record_answer(answer, summary, prompt, inline)
     except OSError as exc:
-        notes.append(f"The answer could not be written to the ledger ({exc}); nothing else is affected.")
-        logger.error("Could not write the Seedream ledger in %s: %s", ledger.ledger_dir(), exc)
+        links = [item.url for item in answer.items if item.url]
+        notes.append(f"The answer could not be written to the ledger ({exc}): keep `info`, it has the links.")
+        logger.error("Could not write the Seedream ledger in %s (%s). Links: %s", ledger.ledger_dir(), exc, links)
         return None
 
 
@@ -169,10 +170,11 @@ async def generate(
     progress.text(f"Generating with {checked.spec.label}")
     started = time.monotonic()
     timeout = generation_timeout(opts.max_images or 1, run.timeout_seconds)
+    client = CometAPIClient(settings)
     try:
-        answer = await interruptible(CometAPIClient(settings).generate(body, timeout))
+        answer = await interruptible(client.generate(body, timeout))
     except BaseException as exc:
-        if not isinstance(exc, SeedreamError):  # Cancel (ComfyUI's interrupt) while the service worked
+        if client.sent and not isinstance(exc, SeedreamError):  # Cancel while the service worked
             logger.warning("Seedream run cancelled after the request was sent: CometAPI may still bill it.")
         raise
 
@@ -190,7 +192,7 @@ async def generate(
     if failed:
         notes.append(f"Failed and not billed: {_describe_failures(failed)}.")
 
-    inline: dict[int, bytes] = {}
+    inline: dict[int, bytes | str] = {}
     sources: dict[int, str | bytes] = {}
     fetch_errors: dict[int, str] = {}
     for item in good:
@@ -198,29 +200,33 @@ async def generate(
             sources[item.index] = item.url
             continue
         try:
-            sources[item.index] = inline[item.index] = decode_b64_item(item)
+            sources[item.index] = inline[item.index] = decode_b64(item.b64_json or "")
         except SeedreamError as exc:
+            inline[item.index] = item.b64_json or ""  # kept as received: paid for, maybe recoverable
             fetch_errors[item.index] = str(exc)
     summary = _request_summary(body, encoded)
     entry = _record(answer, summary, opts.prompt, inline, notes)
+    links = [item.url for item in good if item.url]
 
     results, download_errors = await fetch_images(sources, {item.index: item.size for item in good}, progress)
     fetch_errors |= download_errors
     if entry:
-        ledger.record_outcome(entry, fetch_errors)
+        try:
+            ledger.record_outcome(entry, fetch_errors)
+        except OSError as exc:
+            notes.append(f"The ledger entry {entry.id} could not be updated ({exc}); it still has the answer.")
     if not results:
         raise SeedreamError(
             f"{_plural(len(good), 'image')} {'was' if len(good) == 1 else 'were'} generated (and billed) but "
-            f"could not be fetched: {_describe_failures([], fetch_errors)}.{_recovery_hint(entry)}"
+            f"could not be fetched: {_describe_failures([], fetch_errors)}.{_recovery_hint(entry, links)}"
         )
     if fetch_errors:
-        notes.append(
-            f"{_plural(len(fetch_errors), 'generated (billed) image')} could not be fetched.{_recovery_hint(entry)}"
-        )
+        lost = _plural(len(fetch_errors), "generated (billed) image")
+        notes.append(f"{lost} could not be fetched.{_recovery_hint(entry, links)}")
     if run.fail_on_partial and (failed or fetch_errors):
         raise SeedreamError(
             f"fail_on_partial is on and {len(failed) + len(fetch_errors)} of {len(answer.items)} images failed: "
-            f"{_describe_failures(failed, fetch_errors)}.{_recovery_hint(entry)}"
+            f"{_describe_failures(failed, fetch_errors)}.{_recovery_hint(entry, links)}"
         )
 
     info = {
@@ -232,7 +238,7 @@ async def generate(
         "requested_images": opts.max_images or 1,
         "generated_images": len(good),
         "failed_images": len(failed),
-        "images": entry.data["images"] if entry else [],
+        "images": entry.data["images"] if entry else ledger.image_records(answer),
         "usage": answer.usage,
         "ledger_entry": entry.id if entry else None,
         "notes": notes,
@@ -250,7 +256,12 @@ async def load_from_ledger(entry_id: str, *, node_id: str | None = None) -> Gene
     notes: list[str] = []
     for image in entry.data["images"]:
         if "file" in image:
-            sources[image["index"]] = entry.image_file(image["file"]).read_bytes()
+            path = entry.image_file(image["file"])
+            try:
+                data = path.read_bytes()
+                sources[image["index"]] = decode_b64(data.decode("ascii", "replace")) if path.suffix == ".txt" else data
+            except (OSError, SeedreamError) as exc:
+                notes.append(f"Image {image['index'] + 1}: {path} could not be used ({exc}).")
         elif "url" in image:
             expires = calendar.timegm(time.strptime(image["expires_at"], "%Y-%m-%dT%H:%M:%SZ"))
             if expires <= now:

@@ -23,20 +23,17 @@ def _module(name: str) -> ModuleType | None:
         return None
 
 
-def in_comfyui() -> bool:
-    return _module("comfy.model_management") is not None
-
-
 def interrupted() -> bool:
     management = _module("comfy.model_management")
     return bool(management and management.processing_interrupted())
 
 
-def raise_if_interrupted() -> None:
-    """Raise ComfyUI's own interrupt exception, so Cancel looks like Cancel and not an error."""
+def _raise_interrupt() -> None:
+    """ComfyUI's interrupt exception, even when another waiting node already cleared the flag:
+    anything else (a bare CancelledError) would escape ComfyUI's handlers and stop its worker."""
     management = _module("comfy.model_management")
-    if management:
-        management.throw_exception_if_processing_interrupted()
+    management.throw_exception_if_processing_interrupted()
+    raise management.InterruptProcessingException()
 
 
 async def interruptible(awaitable: Awaitable[T]) -> T:
@@ -51,7 +48,7 @@ async def interruptible(awaitable: Awaitable[T]) -> T:
             if interrupted():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                raise_if_interrupted()
+                _raise_interrupt()
     finally:
         if not task.done():
             task.cancel()

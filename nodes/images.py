@@ -51,11 +51,12 @@ def split_frames(images: torch.Tensor) -> list[torch.Tensor]:
 def _scratch_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """A per-thread buffer reused across images: fresh 48 MB allocations cost more (page faults)
     than the arithmetic itself."""
-    key = (shape, dtype)
-    buffers = getattr(_scratch, "buffers", None)
-    if buffers is None or key not in buffers:
-        _scratch.buffers = buffers = {key: torch.empty(shape, dtype=dtype)}
-    return buffers[key]
+    buffers: dict = _scratch.__dict__.setdefault("buffers", {})
+    if (shape, dtype) not in buffers:
+        for key in [key for key in buffers if key[1] == dtype]:  # keep one buffer per dtype
+            del buffers[key]
+        buffers[(shape, dtype)] = torch.empty(shape, dtype=dtype)
+    return buffers[(shape, dtype)]
 
 
 def frame_to_array(frame: torch.Tensor) -> np.ndarray:

@@ -65,27 +65,38 @@ def _extension(data: bytes) -> str:
     return next((ext for magic, ext in _MAGIC_EXTENSIONS if data.startswith(magic)), "bin")
 
 
-def record_answer(
-    answer: GenerationAnswer, request: dict[str, Any], prompt: str, inline_images: dict[int, bytes]
-) -> LedgerEntry:
-    """Write the answer before any download starts. `inline_images` are decoded `b64_json` images."""
-    folder = ledger_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    now = time.time()  # ids sort by when they were recorded, to the millisecond
-    entry_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
-    images = []
+def image_records(answer: GenerationAnswer) -> list[dict[str, Any]]:
+    """What the answer says of each image: size, link and its expiry, or the error."""
+    records = []
     for item in answer.items:
         record: dict[str, Any] = {"index": item.index, "size": item.size}
         if item.url:
             record["url"] = item.url
             record["expires_at"] = iso_time(link_expiry(item.url, answer.created))
-        if item.index in inline_images:
-            data = inline_images[item.index]
-            record["file"] = f"{entry_id}-{item.index + 1}.{_extension(data)}"
-            (folder / record["file"]).write_bytes(data)
         if not item.ok:
             record["error"] = {"code": item.error_code, "message": item.error_message}
-        images.append(record)
+        records.append(record)
+    return records
+
+
+def record_answer(
+    answer: GenerationAnswer, request: dict[str, Any], prompt: str, inline_images: dict[int, bytes | str]
+) -> LedgerEntry:
+    """Write the answer before any download starts. `inline_images` are the `b64_json` images:
+    decoded bytes, or the text as received when it would not decode (kept all the same)."""
+    folder = ledger_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()  # ids sort by when they were recorded, to the millisecond
+    entry_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
+    images = image_records(answer)
+    for record in images:
+        data = inline_images.get(record["index"])
+        if isinstance(data, str):
+            record["file"] = f"{entry_id}-{record['index'] + 1}.b64.txt"
+            (folder / record["file"]).write_text(data, encoding="ascii", errors="replace")
+        elif data is not None:
+            record["file"] = f"{entry_id}-{record['index'] + 1}.{_extension(data)}"
+            (folder / record["file"]).write_bytes(data)
     entry = LedgerEntry(
         id=entry_id,
         path=folder / f"{entry_id}.json",

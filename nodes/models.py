@@ -37,7 +37,6 @@ class ModelSpec:
     output_format: bool
     guidance_scale: bool
     seed: bool
-    stream: bool
     optimize_prompt_modes: tuple[str, ...]
     web_search: bool
 
@@ -54,7 +53,6 @@ class ReferenceLimits:
 @dataclass(frozen=True)
 class ModelTable:
     models: dict[str, ModelSpec]
-    preset_pixels: dict[str, int]
     recommended_sizes: dict[str, tuple[str, ...]]
     reference_limits: ReferenceLimits
 
@@ -113,7 +111,6 @@ def load_table() -> ModelTable:
     where = str(user_path) if user_path.is_file() else str(_TABLE_PATH)
     return ModelTable(
         models={mid: _build_spec(mid, e, data["defaults"], where) for mid, e in entries.items()},
-        preset_pixels=data["size_preset_pixels"],
         recommended_sizes={k: tuple(v) for k, v in data["recommended_sizes"].items()},
         reference_limits=ReferenceLimits(**data["reference_limits"]),
     )

@@ -5,6 +5,7 @@ Node ids and input names are a public contract (saved workflows refer to them): 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from .errors import SeedreamError
 from .generation import RunSettings, generate, load_from_ledger
 from .images import REFERENCE_FORMATS
 from .ledger import LATEST, entry_ids, load_entry
-from .models import DEFAULT_SIZE, load_table, size_choices
+from .models import DEFAULT_SIZE, ModelSpec, load_table, size_choices
 from .request import (
     MAX_SEED,
     OPTIMIZE_PROMPT_MODES,
@@ -138,7 +139,7 @@ def _run_options() -> dict[str, Any]:
 SERVICE_OPTIONS = tuple(_service_options())
 
 
-def _models(predicate) -> list[str]:
+def _models(predicate: Callable[[ModelSpec], bool]) -> list[str]:
     return [spec.id for spec in load_table().models.values() if predicate(spec)]
 
 
@@ -165,9 +166,19 @@ class _SeedreamNode:
         opts = GenerationOptions(model=model, prompt="-" if prompt is None else prompt, size=size,
                                  width=width, height=height)
         try:
-            check_request(opts, load_table(), [])
+            table = load_table()
+            # Naming `model` here skips ComfyUI's own check that it is one of this node's models.
+            spec = table.get(model)
+            if not cls.takes_model(spec):
+                return f"{spec.label} cannot be used in this node: choose one of {', '.join(_models(cls.takes_model))}."
+            check_request(opts, table, [])
         except SeedreamError as exc:
             return str(exc)
+        return True
+
+    @staticmethod
+    def takes_model(spec: ModelSpec) -> bool:
+        """Which models this node offers."""
         return True
 
     async def run(self, prompt: str, model: str, size: str, width: int, height: int, seed: int,
@@ -196,7 +207,7 @@ class SeedreamTextToImage(_SeedreamNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
-            "required": _widgets_before_images(_models(lambda s: True)) | _seed_and_watermark(),
+            "required": _widgets_before_images(_models(cls.takes_model)) | _seed_and_watermark(),
             "optional": _service_options() | _run_options(),
             "hidden": _HIDDEN,
         }
@@ -206,11 +217,15 @@ class SeedreamImageToImage(_SeedreamNode):
     DESCRIPTION = ("Edit, restyle or combine reference images with a prompt (Seedream on CometAPI). "
                    "Refer to them in the prompt as 'image 1', 'image 2', ...")
 
+    @staticmethod
+    def takes_model(spec: ModelSpec) -> bool:
+        return spec.max_references > 0
+
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": _reference_inputs(range(1, 2))
-            | _widgets_before_images(_models(lambda s: s.max_references > 0))
+            | _widgets_before_images(_models(cls.takes_model))
             | _seed_and_watermark(),
             "optional": _reference_inputs(range(2, MAX_REFERENCE_INPUTS + 1)) | _service_options() | _run_options()
             | _reference_format(),
@@ -223,10 +238,14 @@ class SeedreamSequential(_SeedreamNode):
                    "prompt, with or without references (Seedream on CometAPI).")
     SEQUENTIAL = True
 
+    @staticmethod
+    def takes_model(spec: ModelSpec) -> bool:
+        return spec.sequential
+
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
-            "required": _widgets_before_images(_models(lambda s: s.sequential))
+            "required": _widgets_before_images(_models(cls.takes_model))
             | {"max_images": ("INT", {
                 "default": DEFAULT_MAX_IMAGES, "min": 1, "max": 15,
                 "tooltip": "The most images to make (each is billed). The model decides how many up to "

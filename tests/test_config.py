@@ -52,3 +52,20 @@ def test_registered_and_token_shaped_secrets_are_redacted(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="seedream_cometapi"):
         errors.logger.info("sent %s", "plainsecretvalue42")
     assert "plainsecretvalue42" not in caplog.text and "sent ***" in caplog.text
+
+
+def test_key_file_from_notepad_and_non_ascii_keys(isolated_config):
+    (isolated_config / "cometapi_key").write_bytes("\ufeffsk-notepad-key-1234567890".encode("utf-8"))
+    assert config.load_settings().api_key == "sk-notepad-key-1234567890"
+    (isolated_config / "cometapi_key").write_text("sk-k\u00e9y-1234567890", encoding="utf-8")
+    with pytest.raises(errors.ConfigurationError, match="non-ASCII"):
+        config.load_settings()
+
+
+def test_plain_http_only_to_this_machine(monkeypatch):
+    monkeypatch.setenv("COMETAPI_KEY", "k-123456")
+    monkeypatch.setenv("COMETAPI_BASE_URL", "http://localhost:8080/v1")
+    assert config.load_settings().base_url == "http://localhost:8080/v1"
+    monkeypatch.setenv("COMETAPI_BASE_URL", "http://api.cometapi.com/v1")
+    with pytest.raises(errors.ConfigurationError, match="clear text"):
+        config.load_settings()

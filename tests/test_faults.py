@@ -286,6 +286,7 @@ def comfy_interrupt(monkeypatch):
             raise _Interrupted("Processing interrupted")
 
     management.throw_exception_if_processing_interrupted = throw
+    management.InterruptProcessingException = _Interrupted
     comfy = types.ModuleType("comfy")
     comfy.model_management = management
     monkeypatch.setitem(sys.modules, "comfy", comfy)
@@ -318,6 +319,22 @@ def test_cancel_stops_within_a_second(service, comfy_interrupt, phase):
     stopped = asyncio.run(_cancel_after(comfy_interrupt, 0.5)(node.run(prompt="a fox", **BASE)))
     assert stopped < 1.0
     record(f"Cancel while {phase}", service, f"stopped {stopped:.2f} s after Cancel, no task left")
+
+
+def test_cancel_with_two_nodes_waiting_interrupts_both(service, comfy_interrupt):
+    """ComfyUI's throw clears the flag: the second waiting node must still raise the interrupt,
+    never a bare CancelledError (which would escape ComfyUI's handlers)."""
+    service.inject(Fault("delay", delay=20, times=2))
+
+    async def two():
+        node = seedream.SeedreamTextToImage()
+        runs = [asyncio.ensure_future(node.run(prompt=f"fox {n}", **BASE)) for n in range(2)]
+        asyncio.get_running_loop().call_later(0.5, comfy_interrupt.__setitem__, "flag", True)
+        return await asyncio.gather(*runs, return_exceptions=True)
+
+    outcomes = asyncio.run(two())
+    assert [type(o) for o in outcomes] == [_Interrupted, _Interrupted]
+    record("Cancel with two nodes waiting", service, "both stop with ComfyUI's interrupt")
 
 
 # --- concurrency --------------------------------------------------------------------------------
@@ -380,6 +397,31 @@ def test_key_never_appears_anywhere(service, caplog, monkeypatch):
     assert texts[0].count("***") and all(TEST_KEY not in text for text in texts)
     assert all("authorization" not in d.headers for d in service.downloads)
     record("the service echoes the key in an error", service, "masked as *** in errors, info, logs and the ledger")
+
+
+def test_ledger_write_failures_never_lose_the_links(service, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ledger, "record_outcome", broken)
+    images, _, info_text = t2i()
+    assert images.shape[0] == 1 and any("could not be updated" in n for n in json.loads(info_text)["notes"])
+
+    monkeypatch.setattr(ledger, "record_answer", broken)
+    service.inject(Fault("status", target="download", status=404, body="gone"))
+    error = failure(t2i)
+    assert "ledger could not be written" in str(error) and service.storage_origin in str(error)
+    record("ledger folder full, then a download refused", service, "error carries the links themselves")
+
+
+def test_b64_answers_with_line_breaks_decode_and_bad_ones_are_kept(service):
+    images, _, _ = t2i(response_format="b64_json")
+    assert images.shape[0] == 1
+    assert client.decode_b64("data:image/png;base64,aGVs\nbG8=") == b"hello"
+    entry = ledger.record_answer(
+        client.parse_answer({"data": [{"b64_json": "%%%", "size": "2x2"}]}), {}, "x", {0: "%%%"}
+    )
+    assert entry.image_file(entry.data["images"][0]["file"]).read_text() == "%%%"
 
 
 def test_load_from_ledger_input_is_validated():

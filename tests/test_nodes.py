@@ -301,3 +301,11 @@ def test_ledger_node_accepts_hidden_inputs_in_is_changed(service):
     text_to_image()
     latest = seedream.SeedreamLedger.IS_CHANGED(entry="latest", unique_id="7")
     assert latest and latest != "latest"
+
+
+def test_queue_time_validation_keeps_each_node_to_its_models():
+    message = seedream.SeedreamSequential.VALIDATE_INPUTS(
+        prompt="x", model="seedream-5-0-pro-260628", size="2K", width=1, height=1)
+    assert "cannot be used in this node" in message and V45 in message
+    assert "cannot be used" in seedream.SeedreamImageToImage.VALIDATE_INPUTS(
+        prompt="x", model=V30, size="1024x1024 (1:1)", width=1, height=1)
