@@ -154,7 +154,6 @@ class _SeedreamNode:
         "JSON: sizes, usage, the links and when they expire, per-image errors and notes.",
     )
     FUNCTION = "run"
-    SEQUENTIAL = False
 
     @classmethod
     def VALIDATE_INPUTS(cls, prompt: str | None = None, model: str | None = None, size: str | None = None,
@@ -188,7 +187,7 @@ class _SeedreamNode:
                       if optional.get(f"image_{n}") is not None]
         opts = GenerationOptions(
             model=model, prompt=prompt, size=size, width=width, height=height, seed=seed,
-            watermark=watermark, max_images=max_images if self.SEQUENTIAL else None,
+            watermark=watermark, max_images=max_images,  # only the Sequential node has this input
             **{name: optional[name] for name in SERVICE_OPTIONS if name in optional},
         )
         run = RunSettings(timeout_seconds=optional.get("timeout") or None,
@@ -236,8 +235,6 @@ class SeedreamImageToImage(_SeedreamNode):
 class SeedreamSequential(_SeedreamNode):
     DESCRIPTION = ("Generate a group of related images (storyboard, product set, variations) from one "
                    "prompt, with or without references (Seedream on CometAPI).")
-    SEQUENTIAL = True
-
     @staticmethod
     def takes_model(spec: ModelSpec) -> bool:
         return spec.sequential
