@@ -77,18 +77,86 @@ def _read_key_file(path: Path) -> str:
     return key
 
 
-def load_settings() -> Settings:
-    """Read the base URL and the API key; raise `ConfigurationError` when there is no key."""
-    base_url = os.environ.get(ENV_BASE_URL) or read_config_file().get("base_url") or DEFAULT_BASE_URL
-    base_url = str(base_url).strip().rstrip("/")
+def _check_key(key: str, source: str) -> None:
+    if not key:
+        raise ConfigurationError(f"The CometAPI key from {source} is empty.")
+    if any(ch.isspace() for ch in key) or not key.isascii() or len(key) > 512:
+        raise ConfigurationError(
+            f"The CometAPI key from {source} contains spaces, line breaks or non-ASCII characters: "
+            "paste the key alone."
+        )
+
+
+def _check_base_url(base_url: str) -> str:
+    base_url = base_url.strip().rstrip("/")
     parts = urlsplit(base_url)
     local = parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme != "https" and not local:
+    if not parts.hostname or (parts.scheme != "https" and not local):
         raise ConfigurationError(
             f"The CometAPI base URL must start with https:// (got {base_url!r}; plain http only to this "
             f"machine), or the key would travel in clear text. Fix {ENV_BASE_URL} or remove it to use "
             f"{DEFAULT_BASE_URL}."
         )
+    return base_url
+
+
+def write_private(path: Path, text: str) -> None:
+    """Atomic, readable by the server's user only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(temporary, path)
+
+
+def save_api_key(key: str) -> None:
+    """Store a key in the key file (settings dialog); it is never sent back anywhere."""
+    key = key.strip()
+    _check_key(key, "the settings dialog")
+    write_private(key_file(), key + "\n")
+    register_secret(key)
+
+
+def delete_api_key() -> bool:
+    path = key_file()
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
+
+
+def save_base_url(base_url: str | None) -> None:
+    """Store the base URL in config.json; None or "" goes back to the default."""
+    data = read_config_file()
+    if base_url:
+        data["base_url"] = _check_base_url(base_url)
+    else:
+        data.pop("base_url", None)
+    write_private(config_dir() / CONFIG_FILE_NAME, json.dumps(data, indent=2) + "\n")
+
+
+def key_status() -> dict[str, Any]:
+    """What the settings dialog may show: where the key comes from and its last 4 characters."""
+    status: dict[str, Any] = {
+        "key_file": str(key_file()),
+        "base_url": os.environ.get(ENV_BASE_URL) or read_config_file().get("base_url") or DEFAULT_BASE_URL,
+        "base_url_source": "environment" if os.environ.get(ENV_BASE_URL) else "settings",
+    }
+    env_key = os.environ.get(ENV_KEY, "").strip()
+    path = key_file()
+    key = env_key or (_read_key_file(path) if path.is_file() else "")
+    status["configured"] = bool(key)
+    status["source"] = "environment" if env_key else "file" if key else None
+    status["ends_with"] = key[-4:] if len(key) >= 12 else None
+    return status
+
+
+def load_settings() -> Settings:
+    """Read the base URL and the API key; raise `ConfigurationError` when there is no key."""
+    base_url = _check_base_url(
+        str(os.environ.get(ENV_BASE_URL) or read_config_file().get("base_url") or DEFAULT_BASE_URL)
+    )
 
     key, source = os.environ.get(ENV_KEY, "").strip(), f"${ENV_KEY}"
     if not key:
@@ -101,10 +169,6 @@ def load_settings() -> Settings:
             f"starting ComfyUI, or put the key alone in the file {key_file()} "
             "(get a key at cometapi.com, Console > API keys). Nothing was sent."
         )
-    if any(ch.isspace() for ch in key) or not key.isascii():
-        raise ConfigurationError(
-            f"The CometAPI key from {source} contains spaces, line breaks or non-ASCII characters: "
-            "paste the key alone."
-        )
+    _check_key(key, source)
     register_secret(key)
     return Settings(base_url=base_url, api_key=key, key_source=source)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
@@ -55,6 +55,11 @@ async def interruptible(awaitable: Awaitable[T]) -> T:
             await asyncio.gather(task, return_exceptions=True)
 
 
+def _prompt_server() -> Any:
+    """ComfyUI's running `PromptServer`, or None."""
+    return getattr(getattr(_module("server"), "PromptServer", None), "instance", None)
+
+
 class Progress:
     """A node's progress bar and the text shown under it; silent outside ComfyUI."""
 
@@ -68,10 +73,9 @@ class Progress:
             self._bar.update_absolute(value, total, preview)
 
     def text(self, message: str) -> None:
-        server = _module("server")
-        instance = getattr(getattr(server, "PromptServer", None), "instance", None)
-        if instance is not None and self.node_id:
-            instance.send_progress_text(message, self.node_id)
+        server = _prompt_server()
+        if server is not None and self.node_id:
+            server.send_progress_text(message, self.node_id)
 
 
 
@@ -79,3 +83,10 @@ def user_directory() -> Path | None:
     """ComfyUI's user directory (`ComfyUI/user` unless moved), or None outside ComfyUI."""
     folder_paths = _module("folder_paths")
     return Path(folder_paths.get_user_directory()) if folder_paths else None
+
+
+def add_server_routes(add: Callable[[Any], None]) -> None:
+    """Give ComfyUI's route table to `add`; nothing happens outside ComfyUI."""
+    server = _prompt_server()
+    if server is not None:
+        add(server.routes)

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import host
 from .client import GenerationAnswer, link_expiry
-from .config import config_dir
+from .config import config_dir, write_private
 from .errors import InputError, redact
 
 ENV_LEDGER_DIR = "SEEDREAM_COMETAPI_LEDGER_DIR"
@@ -53,12 +53,7 @@ class LedgerEntry:
 
 def _write(path: Path, data: dict[str, Any]) -> None:
     """Atomic, private and redacted: a half-written entry never replaces a good one."""
-    text = redact(json.dumps(data, indent=2, ensure_ascii=False))
-    temporary = path.with_suffix(".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    write_private(path, redact(json.dumps(data, indent=2, ensure_ascii=False)))
 
 
 def _extension(data: bytes) -> str:
