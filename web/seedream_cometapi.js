@@ -81,8 +81,23 @@ function baseUrlEditor() {
   ]);
 }
 
+// Each run is billed: a newly added node starts with its seed "fixed" (rerun = cached, no cost)
+// instead of the frontend's default "randomize" (a new, billed image on every Run). Saved
+// workflows keep whatever they were saved with: their values are applied after this.
+const SEEDED_NODES = new Set([
+  "CometAPISeedreamTextToImage", "CometAPISeedreamImageToImage", "CometAPISeedreamSequential",
+]);
+
+function fixSeedControl(node) {
+  if (!SEEDED_NODES.has(node.comfyClass)) return;
+  const seed = node.widgets?.find((widget) => widget.name === "seed");
+  const control = seed?.linkedWidgets?.find((widget) => widget.name === "control_after_generate");
+  if (control) control.value = "fixed";
+}
+
 app.registerExtension({
   name: "SeedreamCometAPI.Settings",
+  nodeCreated: fixSeedControl,
   settings: [
     {
       id: "SeedreamCometAPI.ApiKey",
