@@ -136,33 +136,37 @@ def save_base_url(base_url: str | None) -> None:
     write_private(config_dir() / CONFIG_FILE_NAME, json.dumps(data, indent=2) + "\n")
 
 
+def _configured_base_url() -> str:
+    return str(os.environ.get(ENV_BASE_URL) or read_config_file().get("base_url") or DEFAULT_BASE_URL)
+
+
+def _find_key() -> tuple[str, str]:
+    """(key, where it came from); the key is "" when none is configured. The environment wins."""
+    key = os.environ.get(ENV_KEY, "").strip()
+    if key:
+        return key, f"${ENV_KEY}"
+    path = key_file()
+    return (_read_key_file(path) if path.is_file() else ""), str(path)
+
+
 def key_status() -> dict[str, Any]:
     """What the settings dialog may show: where the key comes from and its last 4 characters."""
-    status: dict[str, Any] = {
+    key, source = _find_key()
+    from_env = source == f"${ENV_KEY}"
+    return {
         "key_file": str(key_file()),
-        "base_url": os.environ.get(ENV_BASE_URL) or read_config_file().get("base_url") or DEFAULT_BASE_URL,
+        "base_url": _configured_base_url(),
         "base_url_source": "environment" if os.environ.get(ENV_BASE_URL) else "settings",
+        "configured": bool(key),
+        "source": "environment" if from_env else "file" if key else None,
+        "ends_with": key[-4:] if len(key) >= 12 else None,
     }
-    env_key = os.environ.get(ENV_KEY, "").strip()
-    path = key_file()
-    key = env_key or (_read_key_file(path) if path.is_file() else "")
-    status["configured"] = bool(key)
-    status["source"] = "environment" if env_key else "file" if key else None
-    status["ends_with"] = key[-4:] if len(key) >= 12 else None
-    return status
 
 
 def load_settings() -> Settings:
     """Read the base URL and the API key; raise `ConfigurationError` when there is no key."""
-    base_url = _check_base_url(
-        str(os.environ.get(ENV_BASE_URL) or read_config_file().get("base_url") or DEFAULT_BASE_URL)
-    )
-
-    key, source = os.environ.get(ENV_KEY, "").strip(), f"${ENV_KEY}"
-    if not key:
-        path = key_file()
-        source = str(path)
-        key = _read_key_file(path) if path.is_file() else ""
+    base_url = _check_base_url(_configured_base_url())
+    key, source = _find_key()
     if not key:
         raise ConfigurationError(
             f"No CometAPI key is configured. Set the environment variable {ENV_KEY} before "

@@ -289,7 +289,8 @@ class SeedreamLedger:
     @classmethod
     def IS_CHANGED(cls, entry: str, **hidden: Any) -> str:
         """'latest' means a different entry whenever a new answer was recorded."""
-        return entry_ids()[0] if entry == LATEST and entry_ids() else entry
+        ids = entry_ids() if entry == LATEST else []
+        return ids[0] if ids else entry
 
     async def run(self, entry: str, unique_id: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor], str]:
         result = await load_from_ledger(entry, node_id=unique_id)
