@@ -18,6 +18,7 @@ import re
 import socket
 import time
 import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,6 +39,7 @@ MAX_DOWNLOAD_BYTES = 80 * 1024 * 1024
 MAX_ANSWER_BYTES = 640 * 1024 * 1024  # 15 base64 4K images fit with room to spare
 DOWNLOAD_ATTEMPTS = 4
 POST_ATTEMPTS = 4
+UPLOAD_CHUNK = 1024 * 1024
 RETRY_BASE_DELAY = 2.0
 MAX_RETRY_AFTER = 120.0
 MAX_CONCURRENT_REQUESTS = 4
@@ -106,6 +108,11 @@ class GenerationAnswer:
     created: int
     items: list[ResultItem]
     usage: dict[str, Any] = field(default_factory=dict)
+    broken: str = ""  # a stream that ended before its last event: why
+
+
+# Called for each image of a streamed answer as soon as its event arrives (the answer so far, the item).
+OnItem = Callable[[GenerationAnswer, ResultItem], None]
 
 
 # --- one shared HTTP client per event loop --------------------------------------------------
@@ -225,29 +232,88 @@ def service_error(status: int, content_type: str, body: bytes, base_url: str) ->
     return ServiceError(f"CometAPI answered HTTP {status}: {snippet or '(empty body)'}", status=status)
 
 
+def _item(index: int, entry: Any) -> ResultItem:
+    """One image of an answer (an entry of `data`, or a streamed event)."""
+    entry = entry if isinstance(entry, dict) else {}
+    error = entry.get("error") if isinstance(entry.get("error"), dict) else {}
+    return ResultItem(
+        index=index,
+        url=entry.get("url") or None,
+        b64_json=entry.get("b64_json") or None,
+        size=entry.get("size"),
+        error_code=str(error.get("code") or ("" if entry.get("url") or entry.get("b64_json") else "Empty")),
+        error_message=str(error.get("message") or ""),
+    )
+
+
+def _answer_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"model": str(payload.get("model") or ""), "created": int(payload.get("created") or time.time())}
+
+
 def parse_answer(payload: Any) -> GenerationAnswer:
     if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
         raise ServiceError("CometAPI's answer has no image list (`data`): it may still have been billed.")
-    items = []
-    for index, entry in enumerate(payload["data"]):
-        entry = entry if isinstance(entry, dict) else {}
-        error = entry.get("error") if isinstance(entry.get("error"), dict) else {}
-        items.append(
-            ResultItem(
-                index=index,
-                url=entry.get("url") or None,
-                b64_json=entry.get("b64_json") or None,
-                size=entry.get("size"),
-                error_code=str(error.get("code") or ("" if entry.get("url") or entry.get("b64_json") else "Empty")),
-                error_message=str(error.get("message") or ""),
-            )
-        )
     return GenerationAnswer(
-        model=str(payload.get("model") or ""),
-        created=int(payload.get("created") or time.time()),
-        items=items,
+        **_answer_fields(payload),
+        items=[_item(index, entry) for index, entry in enumerate(payload["data"])],
         usage=payload.get("usage") if isinstance(payload.get("usage"), dict) else {},
     )
+
+
+class _EventStream:
+    """Reads a streamed answer (server-sent events), handing each image on as it arrives.
+
+    Events: `image_generation.partial_succeeded` / `partial_failed` (one per image, with
+    `image_index`), `image_generation.completed` (usage), then `data: [DONE]`.
+    """
+
+    def __init__(self, on_item: OnItem | None) -> None:
+        self.answer = GenerationAnswer(model="", created=0, items=[])
+        self.on_item = on_item
+        self.completed = False
+
+    async def read(self, response: httpx.Response) -> GenerationAnswer:
+        total, buffer = 0, ""
+        async for text in response.aiter_text():
+            total += len(text)
+            if total > MAX_ANSWER_BYTES:
+                raise DownloadError(f"CometAPI's answer grew past {MAX_ANSWER_BYTES:,} bytes: refused.")
+            buffer += text.replace("\r\n", "\n")
+            *events, buffer = buffer.split("\n\n")
+            for event in events:
+                self._event(event)
+        if buffer.strip():
+            self._event(buffer)
+        if not self.completed:
+            self.answer.broken = "the stream ended before its `completed` event"
+        return self.answer
+
+    def _event(self, block: str) -> None:
+        data = "\n".join(line[5:].lstrip() for line in block.split("\n") if line.startswith("data:"))
+        if not data or data == "[DONE]":
+            return
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            logger.warning("Skipped an unreadable event in CometAPI's stream: %.80r", data)
+            return
+        if not isinstance(payload, dict):
+            return
+        if not self.answer.created:
+            self.answer.model, self.answer.created = _answer_fields(payload).values()
+        kind = str(payload.get("type") or "")
+        if kind.endswith("completed"):
+            self.completed = True
+            self.answer.usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+        elif kind.endswith(("partial_succeeded", "partial_failed")):
+            index = payload.get("image_index")
+            item = _item(index if isinstance(index, int) else len(self.answer.items), payload)
+            self.answer.items.append(item)
+            if self.on_item:
+                self.on_item(self.answer, item)
+        elif isinstance(payload.get("error"), dict):  # an error event: the group stops here
+            error = payload["error"]
+            self.answer.broken = f"the stream ended with an error: {error.get('message') or error.get('code')}"
 
 
 def link_expiry(url: str, created: int) -> int:
@@ -313,18 +379,35 @@ class CometAPIClient:
         self.settings = settings
         self.sent = False  # a request has left (or was leaving) for the service
 
-    async def generate(self, body: dict[str, Any], timeout: httpx.Timeout) -> GenerationAnswer:
+    async def generate(
+        self,
+        body: dict[str, Any],
+        timeout: httpx.Timeout,
+        on_item: OnItem | None = None,
+        on_sent: Callable[[], None] | None = None,
+    ) -> GenerationAnswer:
         """POST the body. Sent again only when nothing can have been billed: the connection never
         opened, a 429 (after `Retry-After`, which pauses every request), or an error answer that
-        says the request was not processed. Anything else after sending is final."""
+        says the request was not processed. Anything else after sending is final.
+
+        A streamed answer calls `on_item` for each image as it arrives; a plain JSON answer to a
+        streaming request is taken as it is. `on_sent` is called once the body is fully handed over.
+        """
         content = encode_body(body)
         for attempt in range(1, POST_ATTEMPTS + 1):
             async with request_slots():
                 await cooldown.wait()  # inside the slot: a 429 seen meanwhile pauses this one too
                 self.sent = True
                 try:
-                    answer = await self._post_once(content, timeout)
+                    answer = await self._post_once(content, timeout, on_item, on_sent)
                     break
+                except ServiceError as error:
+                    if not (body.get("stream") and error.status == 400 and error.param == "stream"):
+                        raise
+                    # Refused before any work (a 400 is never billed): ask again without streaming.
+                    logger.warning("CometAPI refused `stream` for %s; asking without it.", body.get("model"))
+                    body = {key: value for key, value in body.items() if key != "stream"}
+                    content, delay = encode_body(body), 0.0
                 except _Retry as retry:
                     if attempt == POST_ATTEMPTS:
                         raise ServiceError(
@@ -341,32 +424,53 @@ class CometAPIClient:
         )
         return answer
 
-    async def _post_once(self, content: bytes, timeout: httpx.Timeout) -> GenerationAnswer:
+    async def _post_once(
+        self, content: bytes, timeout: httpx.Timeout, on_item: OnItem | None, on_sent: Callable[[], None] | None
+    ) -> GenerationAnswer:
         base_url = self.settings.base_url
+        events: _EventStream | None = None
         try:
             async with shared_http_client().stream(
                 "POST",
                 f"{base_url}/images/generations",
-                content=content,
-                headers={"Authorization": f"Bearer {self.settings.api_key}", "Content-Type": "application/json"},
+                content=_chunks(content, on_sent),
+                headers={
+                    "Authorization": f"Bearer {self.settings.api_key}",
+                    "Content-Type": "application/json",
+                    "Content-Length": str(len(content)),  # not chunked: sent exactly as encoded
+                },
                 timeout=timeout,
             ) as response:
+                if response.status_code == 200 and "event-stream" in response.headers.get("content-type", ""):
+                    events = _EventStream(on_item)
+                    return await events.read(response)
                 data = await _read_capped(response, MAX_ANSWER_BYTES, "CometAPI's answer")
-        except _NOT_SENT as exc:
-            raise _Retry(ServiceError(f"Could not send the request to {base_url} ({type(exc).__name__}).")) from None
-        except httpx.TimeoutException:
-            raise ServiceError(
+        except (httpx.TimeoutException, httpx.TransportError, DownloadError) as exc:
+            if events and events.answer.items:  # the images that did arrive are kept, and were paid for
+                events.answer.broken = f"the stream broke ({type(exc).__name__})"
+                return events.answer
+            raise self._failure(exc, base_url, timeout) from None
+        return self._answer(response, data, base_url)
+
+    @staticmethod
+    def _failure(exc: Exception, base_url: str, timeout: httpx.Timeout) -> Exception:
+        """The error to raise when no answer (or no image of a stream) arrived."""
+        if isinstance(exc, _NOT_SENT):
+            return _Retry(ServiceError(f"Could not send the request to {base_url} ({type(exc).__name__})."))
+        if isinstance(exc, httpx.TimeoutException):
+            return ServiceError(
                 f"CometAPI sent no answer within {timeout.read:.0f} s (change `timeout` for longer groups)."
                 + MAYBE_BILLED, maybe_billed=True,
-            ) from None
-        except httpx.TransportError as exc:
-            raise ServiceError(
+            )
+        if isinstance(exc, httpx.TransportError):
+            return ServiceError(
                 f"The connection to CometAPI broke before the answer was complete ({type(exc).__name__})."
                 + MAYBE_BILLED, maybe_billed=True,
-            ) from None
-        except DownloadError as exc:
-            raise ServiceError(str(exc) + MAYBE_BILLED, maybe_billed=True) from None
+            )
+        return ServiceError(str(exc) + MAYBE_BILLED, maybe_billed=True)
 
+    @staticmethod
+    def _answer(response: httpx.Response, data: bytes, base_url: str) -> GenerationAnswer:
         content_type = response.headers.get("content-type", "")
         if response.status_code != 200:
             error = service_error(response.status_code, content_type, data, base_url)
@@ -397,6 +501,14 @@ class CometAPIClient:
             return parse_answer(payload)
         except ServiceError as exc:
             raise ServiceError(str(exc) + MAYBE_BILLED, maybe_billed=True) from None
+
+
+async def _chunks(content: bytes, on_sent: Callable[[], None] | None) -> AsyncIterator[bytes]:
+    """The body in pieces, so that the caller learns when the upload is over."""
+    for start in range(0, len(content), UPLOAD_CHUNK):
+        yield content[start : start + UPLOAD_CHUNK]
+    if on_sent:
+        on_sent()
 
 
 class _TransientDownloadError(Exception):

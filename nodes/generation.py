@@ -28,8 +28,12 @@ from .config import Settings, load_settings
 from .errors import InputError, SeedreamError, ServiceError, logger, redact
 from .host import Progress, interruptible
 from .images import REFERENCE_FORMATS, WORKERS, EncodedReference, ResultBatch, encode_reference, split_frames
-from .models import load_table
-from .request import GenerationOptions, build_body, check_request
+from .models import ModelSpec, ReferenceLimits, load_table
+from .preview import preview_tuple
+from .request import CheckedRequest, GenerationOptions, build_body, check_request
+
+DISPLAYED_INFO = ("model", "seconds", "requested_images", "generated_images", "failed_images", "images", "usage",
+                  "estimated_cost_usd", "ledger_entry", "notes")
 
 
 @dataclass
@@ -41,6 +45,13 @@ class GenerationResult:
     @property
     def info_json(self) -> str:
         return redact(json.dumps(self.info, indent=2, ensure_ascii=False))
+
+    def node_output(self) -> dict[str, Any]:
+        """What the node returns: the outputs, and (under `ui`) what the web extension shows on
+        the node after the run: count, sizes, usage, cost, links and when they expire, notes."""
+        info = json.loads(self.info_json)
+        shown = {key: info[key] for key in DISPLAYED_INFO if key in info}
+        return {"ui": {"seedream": [shown]}, "result": (self.images, self.image_list, self.info_json)}
 
 
 @dataclass
@@ -62,30 +73,129 @@ def _describe_failures(items: list[ResultItem], fetch_errors: dict[int, str] | N
     return "; ".join(f"image {index + 1}: {text.strip().rstrip('.')}" for index, text in sorted(parts.items()))
 
 
+class _StatusLine:
+    """A node's `Progress` whose text also says how long the run has taken, refreshed every second
+    by `tick` while the service works (it sends nothing for up to minutes)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.phase = ""
+        self.started = time.monotonic()
+        self.active = progress.active
+        self.update = progress.update
+
+    def text(self, phase: str) -> None:
+        self.phase = phase
+        self.progress.text(f"{phase} · {time.monotonic() - self.started:.0f} s")
+
+    async def tick(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.text(self.phase)
+
+
 async def fetch_images(
-    sources: dict[int, str | bytes], declared_sizes: dict[int, str | None], progress: Progress
+    sources: dict[int, str | bytes],
+    declared_sizes: dict[int, str | None],
+    progress: Progress | _StatusLine,
+    previews: bool = True,
 ) -> tuple[ResultBatch, dict[int, str]]:
     """Download (links) or take (bytes) every image at once, decoding each on a worker thread as
     soon as it arrives; return the collected images and the errors by index. One failure does not
-    stop the others."""
+    stop the others. With `previews`, each image is shown on the node as it is done."""
     collected = ResultBatch(declared_sizes)
     errors: dict[int, str] = {}
     loop = asyncio.get_running_loop()
 
     async def fetch(index: int, source: str | bytes) -> None:
+        preview = None
         try:
             data = source if isinstance(source, bytes) else await download(source)
             await loop.run_in_executor(WORKERS, collected.add, index, data)
+            if previews and progress.active:
+                preview = await loop.run_in_executor(WORKERS, preview_tuple, data)
         except Exception as exc:  # whatever fails, the answer stays recoverable from the ledger
-            errors[index] = str(exc) if isinstance(exc, SeedreamError) else f"{type(exc).__name__}: {exc}"
+            errors[index] = _error_text(exc)
             logger.warning("Result %d could not be fetched: %s", index + 1, errors[index])
         done = len(collected) + len(errors)
         progress.text(f"Downloaded {done} of {len(sources)}")
-        progress.update(done, len(sources))
+        progress.update(done, len(sources), preview)
 
     progress.text(f"Downloading {_plural(len(sources), 'image')}")
     await interruptible(asyncio.gather(*(fetch(index, source) for index, source in sources.items())))
     return collected, errors
+
+
+def _error_text(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, SeedreamError) else f"{type(exc).__name__}: {exc}"
+
+
+class _Arrivals:
+    """The images of an answer as they arrive (all at once, or one by one from a stream): each is
+    written to the ledger before anything else happens to it; a streamed link is downloaded at once
+    and shown as a preview while the rest of the group is still being made."""
+
+    def __init__(self, summary: dict[str, Any], prompt: str, notes: list[str], status: _StatusLine,
+                 expected: int, label: str) -> None:
+        self.summary, self.prompt, self.notes = summary, prompt, notes
+        self.status, self.expected, self.label = status, expected, label
+        self.entry: ledger.LedgerEntry | None = None
+        self.seen = 0
+        self.inline: dict[int, bytes | str] = {}
+        self.sources: dict[int, str | bytes] = {}
+        self.errors: dict[int, str] = {}
+        self.early: dict[int, asyncio.Task[bytes]] = {}
+        self.fetched_early = 0
+
+    def streamed(self, answer: GenerationAnswer, item: ResultItem) -> None:
+        """One image of a stream, as soon as its event arrives."""
+        self._take(answer)
+        if item.index in self.sources:
+            self.early[item.index] = asyncio.ensure_future(self._fetch_early(self.sources[item.index]))
+        made = sum(i.ok for i in answer.items)
+        self.status.text(f"Generating with {self.label}: {made} of up to {self.expected} done")
+
+    def complete(self, answer: GenerationAnswer) -> None:
+        """The whole answer: anything a stream did not hand over one by one (all of a plain answer)."""
+        if len(answer.items) > self.seen:
+            self._take(answer)
+
+    def _take(self, answer: GenerationAnswer) -> None:
+        for item in answer.items[self.seen :]:
+            if item.url:
+                self.sources[item.index] = item.url
+            elif item.ok:
+                try:
+                    self.sources[item.index] = self.inline[item.index] = decode_b64(item.b64_json or "")
+                except SeedreamError as exc:
+                    self.inline[item.index] = item.b64_json or ""  # kept as received: paid for, maybe recoverable
+                    self.errors[item.index] = str(exc)
+        self.seen = len(answer.items)
+        if any(item.ok for item in answer.items):
+            self.entry = _record(answer, self.summary, self.prompt, self.inline, self.notes, self.entry)
+
+    async def _fetch_early(self, source: str | bytes) -> bytes:
+        data = source if isinstance(source, bytes) else await download(source)
+        preview = None
+        if self.status.active:
+            preview = await asyncio.get_running_loop().run_in_executor(WORKERS, preview_tuple, data)
+        self.fetched_early += 1
+        self.status.update(self.fetched_early, self.expected, preview)
+        return data
+
+    async def settle_early_downloads(self) -> None:
+        """Replace streamed links by their downloaded bytes (or errors)."""
+        for index, task in self.early.items():
+            try:
+                self.sources[index] = await task
+            except Exception as exc:  # the link is in the ledger (download() already retried it)
+                self.errors[index] = _error_text(exc)
+                del self.sources[index]
+
+    async def abandon(self) -> None:
+        for task in self.early.values():
+            task.cancel()
+        await asyncio.gather(*self.early.values(), return_exceptions=True)
 
 
 def _outputs(collected: ResultBatch, info: dict[str, Any]) -> GenerationResult:
@@ -118,15 +228,43 @@ def _request_summary(body: dict[str, Any], references: list[EncodedReference]) -
 
 
 def _record(
-    answer: GenerationAnswer, summary: dict[str, Any], prompt: str, inline: dict[int, bytes | str], notes: list[str]
+    answer: GenerationAnswer,
+    summary: dict[str, Any],
+    prompt: str,
+    inline: dict[int, bytes | str],
+    notes: list[str],
+    entry: ledger.LedgerEntry | None,
 ) -> ledger.LedgerEntry | None:
     try:
-        return ledger.record_answer(answer, summary, prompt, inline)
+        return ledger.record_answer(answer, summary, prompt, inline, entry)
     except OSError as exc:
         links = [item.url for item in answer.items if item.url]
-        notes.append(f"The answer could not be written to the ledger ({exc}): keep `info`, it has the links.")
+        note = f"The answer could not be written to the ledger ({exc}): keep `info`, it has the links."
+        if note not in notes:  # a stream records once per image
+            notes.append(note)
         logger.error("Could not write the Seedream ledger in %s (%s). Links: %s", ledger.ledger_dir(), exc, links)
-        return None
+        return entry
+
+
+def estimated_cost(spec: ModelSpec, images: int) -> float | None:
+    """USD, from the model table's price per image; None when the price is unknown."""
+    return None if spec.price_per_image is None else round(spec.price_per_image * images, 4)
+
+
+async def _encode_references(frames: list[torch.Tensor], run: RunSettings, status: _StatusLine,
+                             limits: ReferenceLimits) -> list[EncodedReference]:
+    if not frames:
+        return []
+    status.text(f"Preparing {_plural(len(frames), 'reference image')}")
+    loop = asyncio.get_running_loop()
+    return await interruptible(
+        asyncio.gather(
+            *(
+                loop.run_in_executor(WORKERS, encode_reference, frame, limits, number, run.reference_format)
+                for number, frame in enumerate(frames, start=1)
+            )
+        )
+    )
 
 
 async def generate(
@@ -148,38 +286,56 @@ async def generate(
     if run.reference_format not in REFERENCE_FORMATS:
         raise InputError(f"reference_format must be one of {', '.join(REFERENCE_FORMATS)}.")
     progress = Progress(node_id)
+    status = _StatusLine(progress)
+    ticker = asyncio.ensure_future(status.tick())
+    try:
+        return await _generate(opts, checked, frames, settings, run, status)
+    finally:
+        ticker.cancel()
+        await asyncio.gather(ticker, return_exceptions=True)
+
+
+async def _generate(opts: GenerationOptions, checked: CheckedRequest, frames: list[torch.Tensor],
+                    settings: Settings, run: RunSettings, status: _StatusLine) -> GenerationResult:
+    spec = checked.spec
     notes = list(checked.notes)
-
-    encoded: list[EncodedReference] = []
-    if frames:
-        progress.text(f"Preparing {_plural(len(frames), 'reference image')}")
-        loop = asyncio.get_running_loop()
-        encoded = await interruptible(
-            asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        WORKERS, encode_reference, frame, table.reference_limits, number, run.reference_format
-                    )
-                    for number, frame in enumerate(frames, start=1)
-                )
-            )
-        )
-        notes += [note for ref in encoded for note in ref.notes]
+    encoded = await _encode_references(frames, run, status, load_table().reference_limits)
+    notes += [note for ref in encoded for note in ref.notes]
     body = build_body(opts, checked, [ref.data_uri for ref in encoded])
-
-    progress.text(f"Generating with {checked.spec.label}")
-    started = time.monotonic()
-    timeout = generation_timeout(opts.max_images or 1, run.timeout_seconds)
+    expected = opts.max_images or 1
+    generating = f"Generating with {spec.label}"
+    if encoded:
+        megabytes = sum(ref.encoded_bytes for ref in encoded) / 1e6
+        status.text(f"Uploading {_plural(len(encoded), 'reference')} ({megabytes:.1f} MB)")
+    else:
+        status.text(generating)
+    summary = _request_summary(body, encoded)
+    arrivals = _Arrivals(summary, opts.prompt, notes, status, expected, spec.label)
     client = CometAPIClient(settings)
     try:
-        answer = await interruptible(client.generate(body, timeout))
+        answer = await interruptible(
+            client.generate(body, generation_timeout(expected, run.timeout_seconds),
+                            on_item=arrivals.streamed, on_sent=lambda: status.text(generating))
+        )
+        arrivals.complete(answer)
+        await interruptible(arrivals.settle_early_downloads())
     except BaseException as exc:
+        await arrivals.abandon()
         if client.sent and not isinstance(exc, SeedreamError):  # Cancel while the service worked
-            logger.warning("Seedream run cancelled after the request was sent: CometAPI may still bill it.")
+            logger.warning("Seedream run cancelled after the request was sent: CometAPI may still bill it.%s",
+                           f" Received so far: ledger entry {arrivals.entry.id}." if arrivals.entry else "")
         raise
 
     good = [item for item in answer.items if item.ok]
     failed = [item for item in answer.items if not item.ok]
+    entry = arrivals.entry
+    links = [item.url for item in good if item.url]
+    if answer.broken:
+        notes.append(
+            f"The answer stopped early ({answer.broken}) after {_plural(len(answer.items), 'image')}: any "
+            f"later image may still have been made and billed; check the usage log.{_recovery_hint(entry, links)}"
+        )
+        logger.warning("Seedream answer incomplete: %s", answer.broken)
     if not good:
         raise ServiceError(
             f"No image was generated, so nothing was billed ({_describe_failures(failed) or 'empty answer'})."
@@ -192,27 +348,14 @@ async def generate(
     if failed:
         notes.append(f"Failed and not billed: {_describe_failures(failed)}.")
 
-    inline: dict[int, bytes | str] = {}
-    sources: dict[int, str | bytes] = {}
-    fetch_errors: dict[int, str] = {}
-    for item in good:
-        if item.url:
-            sources[item.index] = item.url
-            continue
-        try:
-            sources[item.index] = inline[item.index] = decode_b64(item.b64_json or "")
-        except SeedreamError as exc:
-            inline[item.index] = item.b64_json or ""  # kept as received: paid for, maybe recoverable
-            fetch_errors[item.index] = str(exc)
-    summary = _request_summary(body, encoded)
-    entry = _record(answer, summary, opts.prompt, inline, notes)
-    links = [item.url for item in good if item.url]
-
-    results, download_errors = await fetch_images(sources, {item.index: item.size for item in good}, progress)
-    fetch_errors |= download_errors
+    results, download_errors = await fetch_images(
+        arrivals.sources, {item.index: item.size for item in good if item.index in arrivals.sources},
+        status, previews=not arrivals.early,
+    )
+    fetch_errors = arrivals.errors | download_errors
     if entry:
         try:
-            ledger.record_outcome(entry, fetch_errors)
+            ledger.record_outcome(entry, answer, fetch_errors)
         except OSError as exc:
             notes.append(f"The ledger entry {entry.id} could not be updated ({exc}); it still has the answer.")
     if not results:
@@ -229,21 +372,23 @@ async def generate(
             f"{_describe_failures(failed, fetch_errors)}.{_recovery_hint(entry, links)}"
         )
 
+    billed = int(answer.usage.get("generated_images", len(good)) or 0)
     info = {
         "model": answer.model or body["model"],
         "created": ledger.iso_time(answer.created),
-        "seconds": round(time.monotonic() - started, 1),
+        "seconds": round(time.monotonic() - status.started, 1),
         "prompt": opts.prompt,
         "request": summary,
-        "requested_images": opts.max_images or 1,
+        "requested_images": expected,
         "generated_images": len(good),
         "failed_images": len(failed),
         "images": entry.data["images"] if entry else ledger.image_records(answer),
         "usage": answer.usage,
+        "estimated_cost_usd": estimated_cost(spec, billed),
         "ledger_entry": entry.id if entry else None,
         "notes": notes,
     }
-    progress.text(f"Done: {_plural(len(results), 'image')}")
+    status.text(f"Done: {_plural(len(results), 'image')}")
     return _outputs(results, info)
 
 

@@ -68,7 +68,13 @@ class Progress:
         utils = _module("comfy.utils")
         self._bar = utils.ProgressBar(total, node_id=node_id) if utils and node_id else None
 
+    @property
+    def active(self) -> bool:
+        """Whether anything is shown (inside ComfyUI, for a node): previews are made only then."""
+        return self._bar is not None
+
     def update(self, value: int, total: int | None = None, preview: Any = None) -> None:
+        """Move the bar; `preview` is ComfyUI's preview tuple `(format, PIL image, max side)`."""
         if self._bar:
             self._bar.update_absolute(value, total, preview)
 
@@ -76,7 +82,6 @@ class Progress:
         server = _prompt_server()
         if server is not None and self.node_id:
             server.send_progress_text(message, self.node_id)
-
 
 
 def user_directory() -> Path | None:

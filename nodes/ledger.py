@@ -74,44 +74,58 @@ def image_records(answer: GenerationAnswer) -> list[dict[str, Any]]:
     return records
 
 
+def _new_id() -> str:
+    now = time.time()  # ids sort by when they were recorded, to the millisecond
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
+
+
 def record_answer(
-    answer: GenerationAnswer, request: dict[str, Any], prompt: str, inline_images: dict[int, bytes | str]
+    answer: GenerationAnswer,
+    request: dict[str, Any],
+    prompt: str,
+    inline_images: dict[int, bytes | str],
+    entry: LedgerEntry | None = None,
 ) -> LedgerEntry:
-    """Write the answer before any download starts. `inline_images` are the `b64_json` images:
+    """Write the answer before any download starts; with `entry`, rewrite that entry with the
+    answer so far (a stream adds one image at a time). `inline_images` are the `b64_json` images:
     decoded bytes, or the text as received when it would not decode (kept all the same)."""
     folder = ledger_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    now = time.time()  # ids sort by when they were recorded, to the millisecond
-    entry_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(now))}{int(now * 1000) % 1000:03d}-{secrets.token_hex(3)}"
+    if entry is None:
+        entry_id = _new_id()
+        entry = LedgerEntry(id=entry_id, path=folder / f"{entry_id}.json", data={"images": []})
+    saved = {image["index"]: image["file"] for image in entry.data["images"] if "file" in image}
     images = image_records(answer)
     for record in images:
         data = inline_images.get(record["index"])
-        if isinstance(data, str):
-            record["file"] = f"{entry_id}-{record['index'] + 1}.b64.txt"
+        if record["index"] in saved:
+            record["file"] = saved[record["index"]]
+        elif isinstance(data, str):
+            record["file"] = f"{entry.id}-{record['index'] + 1}.b64.txt"
             (folder / record["file"]).write_text(data, encoding="ascii", errors="replace")
         elif data is not None:
-            record["file"] = f"{entry_id}-{record['index'] + 1}.{_extension(data)}"
+            record["file"] = f"{entry.id}-{record['index'] + 1}.{_extension(data)}"
             (folder / record["file"]).write_bytes(data)
-    entry = LedgerEntry(
-        id=entry_id,
-        path=folder / f"{entry_id}.json",
-        data={
-            "id": entry_id,
-            "created": iso_time(answer.created),
-            "model": answer.model or request.get("model", ""),
-            "prompt": prompt,
-            "request": request,
-            "usage": answer.usage,
-            "images": images,
-            "status": "downloading",
-        },
-    )
+    entry.data = {
+        "id": entry.id,
+        "created": iso_time(answer.created),
+        "model": answer.model or request.get("model", ""),
+        "prompt": prompt,
+        "request": request,
+        "usage": answer.usage,
+        "images": images,
+        "status": "downloading",
+    }
     _write(entry.path, entry.data)
     return entry
 
 
-def record_outcome(entry: LedgerEntry, fetch_errors: dict[int, str]) -> None:
-    """Mark which images reached ComfyUI, so a later look shows what is still to recover."""
+def record_outcome(entry: LedgerEntry, answer: GenerationAnswer, fetch_errors: dict[int, str]) -> None:
+    """Mark which images reached ComfyUI, so a later look shows what is still to recover; keep the
+    final usage (a stream reports it last) and whether the answer ended early."""
+    entry.data["usage"] = answer.usage
+    if answer.broken:
+        entry.data["answer_incomplete"] = answer.broken
     for image in entry.data["images"]:
         if image["index"] in fetch_errors:
             image["download_error"] = fetch_errors[image["index"]]

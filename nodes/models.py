@@ -39,6 +39,8 @@ class ModelSpec:
     seed: bool
     optimize_prompt_modes: tuple[str, ...]
     web_search: bool
+    stream: bool  # answers as server-sent events, one per image as it is done
+    price_per_image: float | None  # USD, an estimate; None: unknown
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ def _build_spec(model_id: str, entry: dict[str, Any], defaults: dict[str, Any], 
     unknown = set(entry) - _SPEC_FIELDS - {"like"}
     if unknown:
         raise ConfigurationError(f"{where}: model {model_id!r} has unknown fields {sorted(unknown)}.")
+    price = entry.get("price_per_image", defaults["price_per_image"])
+    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0):
+        raise ConfigurationError(f"{where}: model {model_id!r} has price_per_image {price!r}: a number of USD or null.")
     values = {**defaults, "label": model_id, **entry}
     values.pop("like", None)
     for name in ("size_presets", "optimize_prompt_modes"):

@@ -196,4 +196,6 @@ def build_body(opts: GenerationOptions, checked: CheckedRequest, images: list[st
         body["optimize_prompt_options"] = {"mode": opts.optimize_prompt}
     if opts.web_search and spec.web_search:
         body["tools"] = [{"type": "web_search"}]
+    if spec.stream:
+        body["stream"] = True  # each image of a group arrives (and is saved) as soon as it is done
     return body

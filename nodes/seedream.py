@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from .errors import SeedreamError
 from .generation import RunSettings, generate, load_from_ledger
 from .images import REFERENCE_FORMATS
@@ -182,7 +180,7 @@ class _SeedreamNode:
 
     async def run(self, prompt: str, model: str, size: str, width: int, height: int, seed: int,
                   watermark: bool, max_images: int | None = None, unique_id: str | None = None,
-                  **optional: Any) -> tuple[torch.Tensor, list[torch.Tensor], str]:
+                  **optional: Any) -> dict[str, Any]:
         references = [optional[f"image_{n}"] for n in range(1, MAX_REFERENCE_INPUTS + 1)
                       if optional.get(f"image_{n}") is not None]
         opts = GenerationOptions(
@@ -194,7 +192,7 @@ class _SeedreamNode:
                           fail_on_partial=bool(optional.get("fail_on_partial", False)),
                           reference_format=optional.get("reference_format", "jpeg"))
         result = await generate(opts, references, node_id=unique_id, run=run)
-        return result.images, result.image_list, result.info_json
+        return result.node_output()
 
 
 _HIDDEN = {"unique_id": "UNIQUE_ID"}
@@ -292,9 +290,9 @@ class SeedreamLedger:
         ids = entry_ids() if entry == LATEST else []
         return ids[0] if ids else entry
 
-    async def run(self, entry: str, unique_id: str | None = None) -> tuple[torch.Tensor, list[torch.Tensor], str]:
+    async def run(self, entry: str, unique_id: str | None = None) -> dict[str, Any]:
         result = await load_from_ledger(entry, node_id=unique_id)
-        return result.images, result.image_list, result.info_json
+        return result.node_output()
 
 
 NODE_CLASS_MAPPINGS = {

@@ -145,6 +145,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     code: str = ""  # CometAPI error code in the default body of a generate `status` fault
     nbytes: int = 1024  # truncate: body bytes sent (always short of the whole); slow_body: bytes per second
+    events: int = 0  # truncate of a stream: when set, the connection drops after this many events instead
     location: str | None = None  # redirect target; default: the same request target
 
     def __post_init__(self) -> None:
@@ -560,6 +561,11 @@ class _Handler(BaseHTTPRequestHandler):
             return
         rate = fault.nbytes if fault and kind == "slow_body" else 0
         budget = None
+        if fault and kind == "truncate" and chunked and fault.events:
+            for chunk in itertools.islice(itertools.chain([first], rest), fault.events):
+                self._write(chunk, chunked, rate)
+            self._abort()
+            return
         if fault and kind == "truncate":
             budget = fault.nbytes if chunked else min(fault.nbytes, max(len(first) - 1, 0))
         for chunk in itertools.chain([first], rest):
@@ -650,6 +656,7 @@ class SeedreamEmulator:
         self._objects: dict[str, tuple[bytes, str]] = {}
         self.time_scale = time_scale
         self.textured = False  # photo-like result images (benchmarks)
+        self.stream_passthrough = True  # False: a gateway that drops `stream` and answers plain JSON
         self.sequential_count: int | None = None
         self.now: Callable[[], datetime] = _utc_now
         self.models: dict[str, ModelSpec] = dict(MODELS)
@@ -695,6 +702,7 @@ class SeedreamEmulator:
             self.billed_images = 0
         self.time_scale = self._default_time_scale
         self.textured = False
+        self.stream_passthrough = True
         self.sequential_count = None
         self.now = _utc_now
         self.models = dict(MODELS)
@@ -872,7 +880,7 @@ class SeedreamEmulator:
             fmt=fmt or "jpeg",
             watermark=watermark,
             response_format=response_format,
-            stream=stream,
+            stream=stream and self.stream_passthrough,
             moderated=frozenset(int(k) for kind, k in markers if kind == "moderate"),
             internal=frozenset(int(k) for kind, k in markers if kind == "internal"),
             sizes={int(k): (int(w), int(h)) for k, w, h in _SIZE_MARKER.findall(prompt)},

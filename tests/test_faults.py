@@ -58,11 +58,12 @@ def record(name: str, service, outcome: str) -> None:
 
 
 def t2i(prompt: str = "a red fox", **inputs):
-    return asyncio.run(seedream.SeedreamTextToImage().run(prompt=prompt, **(BASE | inputs)))
+    return asyncio.run(seedream.SeedreamTextToImage().run(prompt=prompt, **(BASE | inputs)))["result"]
 
 
 def sequential(prompt: str, max_images: int, **inputs):
-    return asyncio.run(seedream.SeedreamSequential().run(prompt=prompt, max_images=max_images, **(BASE | inputs)))
+    node = seedream.SeedreamSequential()
+    return asyncio.run(node.run(prompt=prompt, max_images=max_images, **(BASE | inputs)))["result"]
 
 
 def failure(call, *args, **kwargs) -> Exception:
@@ -199,7 +200,7 @@ def test_failed_download_names_the_ledger_and_the_entry_recovers_it(service, mon
     assert entry["status"] == "incomplete" and entry["images"][0]["url"] and entry["prompt"] == "a red fox"
     record("download: 503 on every try", service, f"error: {error}")
 
-    images, _, info_text = asyncio.run(seedream.SeedreamLedger().run(entry="latest"))  # the link still lives
+    images, _, info_text = asyncio.run(seedream.SeedreamLedger().run(entry="latest"))["result"]  # the link still lives
     assert images.shape == (1, 2048, 2048, 3) and json.loads(info_text)["ledger_entry"] == entry_id
     assert len(service.generation_requests()) == 1 and len(service.downloads) == 3
     ROWS.append(("then: Seedream Load from Ledger, 'latest'", "0 / 0", "1", "image delivered, nothing billed"))
@@ -431,5 +432,6 @@ def test_load_from_ledger_input_is_validated():
 
 def test_dtype_and_device_of_references_do_not_matter(service):
     reference = torch.rand(2, 64, 64, 3, dtype=torch.bfloat16)
-    images, _, _ = asyncio.run(seedream.SeedreamImageToImage().run(image_1=reference, prompt="edit image 1", **BASE))
+    node = seedream.SeedreamImageToImage()
+    images, _, _ = asyncio.run(node.run(image_1=reference, prompt="edit image 1", **BASE))["result"]
     assert images.shape[0] == 1 and len(service.generation_requests()[0].json["image"]) == 2

@@ -26,7 +26,7 @@ BASE = {"size": "2048x2048 (1:1)", "width": 2048, "height": 2048, "seed": 0, "wa
 
 
 def run(node_class, **inputs):
-    return asyncio.run(node_class().run(**inputs))
+    return asyncio.run(node_class().run(**inputs))["result"]
 
 
 def text_to_image(**inputs):
@@ -97,6 +97,7 @@ def test_text_to_image_request_is_exactly_what_the_service_documents(service):
         "watermark": False,
         "sequential_image_generation": "disabled",
         "optimize_prompt_options": {"mode": "standard"},
+        "stream": True,
     }
     assert call.body == json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
 

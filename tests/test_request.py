@@ -96,6 +96,7 @@ def test_body_for_45_text_to_image():
         "watermark": False,
         "sequential_image_generation": "disabled",
         "optimize_prompt_options": {"mode": "standard"},
+        "stream": True,
     }
 
 
@@ -117,6 +118,7 @@ def test_body_for_30_has_seed_and_guidance_only_there():
     pro = body_for(Options(model=PRO, prompt="x", size="2K", optimize_prompt="fast"))
     assert "sequential_image_generation" not in pro and "seed" not in pro and "guidance_scale" not in pro
     assert pro["optimize_prompt_options"] == {"mode": "fast"}
+    assert "stream" not in pro  # 5.0 pro does not stream (the service refuses it)
 
 
 def test_size_choices_and_labels():
@@ -134,6 +136,17 @@ def test_user_models_file_adds_a_model(isolated_config):
     spec = models.load_table().get("doubao-seedream-9-0-270101")
     assert spec.label == "Seedream 9" and spec.max_references == 3 and spec.sequential
     assert "at most 3" in rejected(Options(model=spec.id, prompt="x", size="2K"), [(64, 64)] * 4)
+
+
+def test_user_models_file_sets_a_price_and_checks_it(isolated_config):
+    path = isolated_config / "models.json"
+    path.write_text(json.dumps({"models": {PRO: {"price_per_image": 0.05}}}))
+    models.load_table.cache_clear()
+    assert models.load_table().get(PRO).price_per_image == 0.05
+    path.write_text(json.dumps({"models": {PRO: {"price_per_image": "cheap"}}}))
+    models.load_table.cache_clear()
+    with pytest.raises(errors.ConfigurationError, match="price_per_image"):
+        models.load_table()
 
 
 def test_broken_user_models_file_is_a_clear_error(isolated_config):
