@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import os
 import stat
 import sys
@@ -88,5 +89,24 @@ def test_routes_are_added_to_comfyuis_route_table(monkeypatch):
     monkeypatch.setitem(sys.modules, "server", server_module)
     host.add_server_routes(routes.add_routes)
     assert {(r.method, r.path) for r in table} == {
-        ("GET", routes.SETTINGS_ROUTE), ("POST", routes.SETTINGS_ROUTE), ("DELETE", routes.KEY_ROUTE)
+        ("GET", routes.SETTINGS_ROUTE), ("POST", routes.SETTINGS_ROUTE), ("DELETE", routes.KEY_ROUTE),
+        ("GET", routes.MODELS_ROUTE),
     }
+
+
+def test_the_model_table_is_served_to_the_nodes_user_models_included(isolated_config):
+    (isolated_config / "models.json").write_text(
+        json.dumps({"models": {"doubao-seedream-9-0-270101": {"like": "doubao-seedream-4-5-251128", "label": "S9"}}})
+    )
+    ((status, text),) = call(("GET", routes.MODELS_ROUTE, None))
+    table = json.loads(text)
+    assert status == 200 and table["models"]["doubao-seedream-9-0-270101"]["label"] == "S9"
+    v45 = table["models"]["doubao-seedream-4-5-251128"]
+    assert v45["size_presets"] == ["2K", "4K"] and v45["min_pixels"] == 3686400 and v45["price_per_image"] == 0.032
+    assert table["recommended_sizes"]["2K"][0] == "2048x2048" and table["reference_limits"]["max_bytes"] == 10000000
+
+
+def test_a_broken_user_model_file_is_reported_not_a_server_error(isolated_config):
+    (isolated_config / "models.json").write_text("{not json")
+    ((status, text),) = call(("GET", routes.MODELS_ROUTE, None))
+    assert status == 200 and "must be JSON" in json.loads(text)["error"]
