@@ -118,10 +118,11 @@ async def fetch_images(
             errors[index] = _error_text(exc)
             logger.warning("Result %d could not be fetched: %s", index + 1, errors[index])
         done = len(collected) + len(errors)
-        progress.text(f"Downloaded {done} of {len(sources)}")
+        progress.text(f"{'Downloaded' if links else 'Decoded'} {done} of {len(sources)}")
         progress.update(done, len(sources), preview)
 
-    progress.text(f"Downloading {_plural(len(sources), 'image')}")
+    links = any(isinstance(source, str) for source in sources.values())
+    progress.text(f"{'Downloading' if links else 'Decoding'} {_plural(len(sources), 'image')}")
     await interruptible(asyncio.gather(*(fetch(index, source) for index, source in sources.items())))
     return collected, errors
 

@@ -28,7 +28,10 @@ function element(tag, properties = {}, children = []) {
 }
 
 function keyEditor() {
-  const status = element("div", { className: "seedream-key-status", textContent: "…" });
+  // A long status (it names the key file) wraps inside the editor instead of squeezing the label.
+  const status = element("div", {
+    className: "seedream-key-status", textContent: "…", style: "max-width: 26em; overflow-wrap: anywhere",
+  });
   const input = element("input", {
     type: "password", placeholder: "sk-…", autocomplete: "off", className: "p-inputtext",
     style: "width: 18em",
@@ -104,6 +107,7 @@ app.registerExtension({
       category: ["Seedream (CometAPI)", "Account", "API key"],
       name: "CometAPI key",
       tooltip: "Stored on the ComfyUI server, never in the browser or in workflows.",
+      sortOrder: 10, // the dialog lists higher first: the key above the base URL
       type: () => keyEditor(),
       defaultValue: "",
     },
