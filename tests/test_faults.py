@@ -8,6 +8,7 @@ made that way).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import json
 import logging
@@ -171,6 +172,47 @@ def test_redirect_is_not_followed(service):
 def test_timeout_grows_with_the_group():
     assert client.generation_timeout(1).read == 180 and client.generation_timeout(15).read == 1020
     assert client.generation_timeout(15, 60).read == 60 and client.generation_timeout(1).connect == 20
+
+
+# --- streamed answers ------------------------------------------------------------------------
+
+
+def test_a_refused_stream_is_asked_again_without_it_at_no_cost(service, caplog):
+    service.models[V45] = dataclasses.replace(service.models[V45], stream=False)
+    images, _, _ = sequential("a storyboard", 2)
+    first, second = service.generation_requests()
+    assert first.status == 400 and first.json["stream"] is True
+    assert second.status == 200 and "stream" not in second.json
+    assert images.shape[0] == 2 and service.billed_images == 2
+    assert "refused `stream`" in caplog.text
+    record("`stream` refused with 400 InvalidParameter", service, "sent once more without it, delivered")
+
+
+def test_a_stream_that_breaks_keeps_the_images_that_arrived(service):
+    service.inject(Fault("truncate", events=2))  # two images, then the connection drops
+    images, _, info_text = sequential("a storyboard", 4)
+    info = json.loads(info_text)
+    assert images.shape[0] == 2 and len(service.generation_requests()) == 1
+    (note,) = [note for note in info["notes"] if "stopped early" in note]
+    assert "check the usage log" in note
+    entry = ledger.load_entry(info["ledger_entry"])
+    assert len(entry.data["images"]) == 2 and "stream broke" in entry.data["answer_incomplete"]
+    record("stream of 4 broken after 2 images", service, f"2 images out, note: {note}")
+
+
+def test_a_stream_that_breaks_before_any_image_may_have_been_billed(service):
+    service.inject(Fault("truncate", events=0, nbytes=10))
+    exc = failure(sequential, "a storyboard", 2)
+    assert isinstance(exc, errors.ServiceError) and "may have been billed" in str(exc)
+    assert len(service.generation_requests()) == 1
+    record("stream broken before its first image", service, f"not sent again: {exc}")
+
+
+def test_a_gateway_that_ignores_stream_is_read_as_a_plain_answer(service):
+    service.stream_passthrough = False
+    images, _, _ = sequential("a storyboard", 2)
+    assert images.shape[0] == 2 and service.generation_requests()[0].json["stream"] is True
+    record("plain JSON answer to a streaming request", service, "read as usual, delivered")
 
 
 # --- downloads: retried freely; the ledger keeps what was paid for --------------------------------
