@@ -116,3 +116,11 @@ def test_uploading_references_is_a_phase_of_its_own(service, comfy_display):
     phases = [text.split(" · ")[0] for text in texts]
     upload = next(n for n, phase in enumerate(phases) if phase.startswith("Uploading 1 reference ("))
     assert phases.index("Preparing 1 reference image") < upload < phases.index("Generating with Seedream 4.5")
+
+
+def test_a_streamed_group_of_inline_images_is_saved_image_by_image(service):
+    images, _, info_text = sequential(3, response_format="b64_json")["result"]
+    entry = ledger.load_entry(json.loads(info_text)["ledger_entry"])
+    files = [image["file"] for image in entry.data["images"]]
+    assert images.shape[0] == 3 and len(set(files)) == 3 and not service.downloads
+    assert all(entry.image_file(name).read_bytes()[:2] == b"\xff\xd8" for name in files)
