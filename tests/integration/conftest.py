@@ -32,7 +32,7 @@ from emulator import SeedreamEmulator
 HERE = Path(__file__).resolve().parent
 API_KEY = "sk-integration-5f3a9c1e7b2d4086"
 PACK_FOLDER = "seedream-cometapi"  # the folder name a git clone gets (README, Install)
-STARTUP_TIMEOUT_S = 180.0  # ComfyUI needs 10-20 s on an idle machine; CI-like boxes are slower
+STARTUP_TIMEOUT_S = 180.0  # ComfyUI needs 10-20 s on an idle machine, far more on a busy one
 RUN_TIMEOUT_S = 120.0
 # The pack's own settings in the caller's environment must not reach the server under test.
 PACK_ENV = (

@@ -6,13 +6,14 @@ store with no custom nodes at all)."""
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from conftest import PACK_NAME
 
 seedream = importlib.import_module(f"{PACK_NAME}.nodes.seedream")
 
 
-def from_us(opened, folder: str) -> list[str]:
+def from_us(opened: Any, folder: str) -> list[str]:
     """Console errors, page errors and failed responses that come from the pack's files or routes."""
 
     def ours(*texts: str) -> bool:
