@@ -276,6 +276,18 @@ class OpenedUI:
     page_errors: list[tuple[str, str]] = field(default_factory=list)  # (message, stack)
     responses: list[tuple[str, int]] = field(default_factory=list)  # (URL, status)
 
+    def errors_from_pack(self, folder: str) -> list[str]:
+        """Console errors, page errors and failed responses that come from the pack's files or routes."""
+
+        def ours(*texts: str) -> bool:
+            return any(f"/extensions/{folder}/" in text or "seedream" in text.lower() for text in texts)
+
+        return (
+            [f"console: {text} ({url})" for text, url in self.console_errors if ours(text, url)]
+            + [f"page error: {message}\n{stack}" for message, stack in self.page_errors if ours(message, stack)]
+            + [f"HTTP {status}: {url}" for url, status in self.responses if status >= 400 and ours(url)]
+        )
+
 
 @pytest.fixture
 def ui_page(browser: Any, comfyui: ComfyUIServer) -> Iterator[OpenedUI]:

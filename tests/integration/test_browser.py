@@ -6,24 +6,10 @@ store with no custom nodes at all)."""
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from conftest import PACK_NAME
 
 seedream = importlib.import_module(f"{PACK_NAME}.nodes.seedream")
-
-
-def from_us(opened: Any, folder: str) -> list[str]:
-    """Console errors, page errors and failed responses that come from the pack's files or routes."""
-
-    def ours(*texts: str) -> bool:
-        return any(f"/extensions/{folder}/" in text or "seedream" in text.lower() for text in texts)
-
-    return (
-        [f"console: {text} ({url})" for text, url in opened.console_errors if ours(text, url)]
-        + [f"page error: {message}\n{stack}" for message, stack in opened.page_errors if ours(message, stack)]
-        + [f"HTTP {status}: {url}" for url, status in opened.responses if status >= 400 and ours(url)]
-    )
 
 
 def test_the_extension_loads_without_errors(comfyui, ui_page, tmp_path_factory):
@@ -55,7 +41,7 @@ def test_the_extension_loads_without_errors(comfyui, ui_page, tmp_path_factory):
     print(f"screenshot: {screenshot}")
     reported = [message.splitlines()[0] for message, _ in ui_page.page_errors + ui_page.console_errors]
     print("errors the page reported:", *reported, sep="\n  ")
-    assert from_us(ui_page, comfyui.pack_folder) == []
+    assert ui_page.errors_from_pack(comfyui.pack_folder) == []
 
 
 def test_the_settings_page_shows_where_the_key_comes_from_never_the_key(comfyui, ui_page, tmp_path_factory):
@@ -71,4 +57,4 @@ def test_the_settings_page_shows_where_the_key_comes_from_never_the_key(comfyui,
     page.screenshot(path=str(screenshot))
     print(f"screenshot: {screenshot}")
     assert comfyui.api_key[:-4] not in page.content()
-    assert from_us(ui_page, comfyui.pack_folder) == []
+    assert ui_page.errors_from_pack(comfyui.pack_folder) == []
