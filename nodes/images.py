@@ -7,17 +7,19 @@ fp16/bf16 or on a GPU. Each image of a batch is one reference.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import math
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from .errors import DownloadError
 from .models import ReferenceLimits
@@ -158,8 +160,10 @@ def encode_reference(
     )
 
 
-def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarray:
-    """Decode a result image into uint8 RGB [H, W, 3]; refuse non-images and decompression bombs."""
+@contextlib.contextmanager
+def _opened_result(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """The result as an unloaded Pillow image; refuse non-images and decompression bombs, here and
+    while the caller decodes it."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -167,8 +171,7 @@ def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarra
                 raise DownloadError(
                     f"The result declares {width}x{height} pixels, more than any Seedream image: refused."
                 )
-            image.load()
-            return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+            yield image
     except DownloadError:
         raise
     except Image.DecompressionBombError:
@@ -176,6 +179,39 @@ def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarra
     except (OSError, ValueError) as exc:
         head = data[:16]
         raise DownloadError(f"The result is not a readable image ({exc}; first bytes {head!r}).") from None
+
+
+def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarray:
+    """Decode a result image into uint8 RGB [H, W, 3]; refuse non-images and decompression bombs."""
+    with _opened_result(data, max_pixels) as image:
+        image.load()
+        return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+
+
+def _decode_memory(size: tuple[int, int]) -> object:
+    """Per-thread Pillow image memory (RGB) that results are decoded into, reused across images.
+    A fresh 16 MB buffer per 2048x2048 image is ~4,000 first-touch page faults, and on a VM those
+    stall the other cores too (docs/performance.md); one buffer per worker is kept."""
+    cached = getattr(_scratch, "decode_memory", None)
+    if cached is None or cached.size != size:
+        _scratch.decode_memory = cached = Image.core.new("RGB", size)
+    return cached
+
+
+def decode_result_into(data: bytes, out: torch.Tensor, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarray | None:
+    """Decode a result straight into `out` (float32 [H, W, 3], values 0..1) and return None when it
+    is an RGB image of that size (the usual case); otherwise return it as `decode_result` does."""
+    with _opened_result(data, max_pixels) as image:
+        fits = image.mode == "RGB" and image.size == (out.shape[1], out.shape[0])
+        # A truncated image decoded into reused memory would show the previous image's pixels
+        # where Pillow's fresh memory shows black: only reuse when truncation is an error.
+        if fits and not ImageFile.LOAD_TRUNCATED_IMAGES:
+            image.im = _decode_memory(image.size)  # Pillow decodes into an image memory already set
+        image.load()
+        if not fits:
+            return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        out.copy_(torch.from_numpy(np.asarray(image))).mul_(1.0 / 255.0)
+        return None
 
 
 def array_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -204,13 +240,18 @@ class ResultBatch:
         self.inference_mode = torch.is_inference_mode_enabled()
 
     def add(self, index: int, data: bytes) -> None:
-        array = decode_result(data)
         with torch.inference_mode(self.inference_mode):
-            if self.batch is not None and array.shape[:2] == self.batch.shape[1:3]:
-                self.batch[self.rows[index]].copy_(torch.from_numpy(array)).mul_(1.0 / 255.0)
-                self.filled.add(index)
-            else:
+            if self.batch is None:
+                self.loose[index] = array_to_tensor(decode_result(data))
+                return
+            row = self.batch[self.rows[index]]
+            array = decode_result_into(data, row)
+            if array is not None and array.shape[:2] == row.shape[:2]:  # RGBA, grey, palette
+                row.copy_(torch.from_numpy(array)).mul_(1.0 / 255.0)
+            elif array is not None:  # another size: kept apart, fitted into the batch in finish()
                 self.loose[index] = array_to_tensor(array)
+                return
+            self.filled.add(index)
 
     def __len__(self) -> int:
         return len(self.filled) + len(self.loose)
