@@ -182,3 +182,12 @@ def test_truncated_results_are_refused_or_decoded_as_pillow_would(monkeypatch: p
     collected.add(1, cut)
     batch, _, _ = collected.finish()
     assert torch.equal(batch[1], _expected(cut))  # Pillow's fresh memory: no trace of image 0
+
+
+@pytest.mark.parametrize("band_bytes", [1, 250, 1 << 20])  # under a line, 2 lines and a short last band, all
+def test_results_convert_band_by_band_exactly(monkeypatch: pytest.MonkeyPatch, band_bytes: int):
+    monkeypatch.setattr(images, "_BAND_BYTES", band_bytes)
+    data = _encoded(np.random.default_rng(6).integers(0, 256, (23, 37, 3), dtype=np.uint8), "JPEG")
+    out = torch.full((23, 37, 3), -1.0)
+    assert images.decode_result_into(data, out) is None
+    assert torch.equal(out, _expected(data))
