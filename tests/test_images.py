@@ -191,3 +191,18 @@ def test_results_convert_band_by_band_exactly(monkeypatch: pytest.MonkeyPatch, b
     out = torch.full((23, 37, 3), -1.0)
     assert images.decode_result_into(data, out) is None
     assert torch.equal(out, _expected(data))
+
+
+@pytest.mark.skipif(images._madvise is None, reason="prefaulting is Linux-only")
+def test_prefaulting_leaves_written_rows_as_they_are(monkeypatch: pytest.MonkeyPatch):
+    batch = torch.empty(3, 512, 512, 3)  # rows of 3 MB: whole pages to populate in each
+    batch[1] = 0.25  # a row a worker already wrote
+    images._prefault(batch, images.threading.Event())
+    assert torch.equal(batch[1], torch.full((512, 512, 3), 0.25))
+    monkeypatch.setattr(images, "_PREFAULT_MIN_BYTES", 0)  # the thread runs even for a small batch
+    data = _encoded(np.random.default_rng(7).integers(0, 256, (23, 37, 3), dtype=np.uint8), "JPEG")
+    collected = images.ResultBatch({0: "37x23", 1: "37x23"})
+    collected.add(1, data)
+    collected.add(0, data)
+    batch, _, _ = collected.finish()
+    assert torch.equal(batch[0], _expected(data)) and torch.equal(batch[1], _expected(data))
