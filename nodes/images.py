@@ -7,17 +7,22 @@ fp16/bf16 or on a GPU. Each image of a batch is one reference.
 from __future__ import annotations
 
 import base64
+import contextlib
+import ctypes
 import io
 import math
+import mmap
 import os
+import sys
 import threading
 import warnings
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
 
 from .errors import DownloadError
 from .models import ReferenceLimits
@@ -158,8 +163,10 @@ def encode_reference(
     )
 
 
-def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarray:
-    """Decode a result image into uint8 RGB [H, W, 3]; refuse non-images and decompression bombs."""
+@contextlib.contextmanager
+def _opened_result(data: bytes, max_pixels: int) -> Iterator[Image.Image]:
+    """The result as an unloaded Pillow image; refuse non-images and decompression bombs, here and
+    while the caller decodes it."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -167,8 +174,7 @@ def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarra
                 raise DownloadError(
                     f"The result declares {width}x{height} pixels, more than any Seedream image: refused."
                 )
-            image.load()
-            return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+            yield image
     except DownloadError:
         raise
     except Image.DecompressionBombError:
@@ -176,6 +182,67 @@ def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarra
     except (OSError, ValueError) as exc:
         head = data[:16]
         raise DownloadError(f"The result is not a readable image ({exc}; first bytes {head!r}).") from None
+
+
+def decode_result(data: bytes, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarray:
+    """Decode a result image into uint8 RGB [H, W, 3]; refuse non-images and decompression bombs."""
+    with _opened_result(data, max_pixels) as image:
+        image.load()
+        return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+
+
+def _decode_memory(size: tuple[int, int]) -> object:
+    """Per-thread Pillow image memory (RGB) that results are decoded into, reused across images.
+    A fresh 16 MB buffer per 2048x2048 image is ~4,000 first-touch page faults, and on a VM those
+    stall the other cores too (docs/performance.md); one buffer per worker is kept."""
+    cached = getattr(_scratch, "decode_memory", None)
+    if cached is None or cached.size != size:
+        _scratch.decode_memory = cached = Image.core.new("RGB", size)
+    return cached
+
+
+def decode_result_into(data: bytes, out: torch.Tensor, max_pixels: int = MAX_RESULT_PIXELS) -> np.ndarray | None:
+    """Decode a result straight into `out` (float32 [H, W, 3], values 0..1) and return None when it
+    is an RGB image of that size (the usual case); otherwise return it as `decode_result` does."""
+    with _opened_result(data, max_pixels) as image:
+        fits = image.mode == "RGB" and image.size == (out.shape[1], out.shape[0]) and out.is_contiguous()
+        # A truncated image decoded into reused memory would show the previous image's pixels
+        # where Pillow's fresh memory shows black: only reuse when truncation is an error.
+        if fits and not ImageFile.LOAD_TRUNCATED_IMAGES:
+            image.im = _decode_memory(image.size)  # Pillow decodes into an image memory already set
+        image.load()
+        if not fits:
+            return np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        _fill_from(image.im, out)
+        return None
+
+
+# Bytes of packed RGB per band in _fill_from: its float32 output (4x) stays in a core's L2 cache.
+_BAND_BYTES = 256 * 1024
+_INVERSE_255 = np.float32(1.0 / 255.0)
+
+
+def _fill_from(memory: object, out: torch.Tensor) -> None:
+    """Pillow RGB image memory into float32 `out` ([H, W, 3], 0..1), one band of rows at a time.
+
+    Pillow stores RGB as 4 bytes a pixel; its raw encoder packs them to 3 (what `tobytes` does)
+    into band-sized chunks that malloc reuses, instead of one fresh 12 MB bytes object, and each
+    band is converted while it is in cache. numpy, not torch: a torch op this size starts an OpenMP
+    team per worker thread, which on 2 cores only competes with the other decode. Values are
+    float32(v) * float32(1/255), as torch's `mul_(1.0 / 255.0)` gives."""
+    width, height = memory.size
+    line = width * 3
+    encoder = Image._getencoder("RGB", "raw", "RGB")
+    encoder.setimage(memory, (0, 0, width, height))
+    flat = out.view(-1).numpy()
+    done, status = 0, 0
+    while not status:
+        _, status, chunk = encoder.encode(max(1, _BAND_BYTES // line) * line)
+        band = np.frombuffer(chunk, np.uint8)
+        np.multiply(band, _INVERSE_255, out=flat[done : done + band.size])
+        done += band.size
+    if status < 0 or done != flat.size:
+        raise DownloadError(f"The decoded result could not be converted (Pillow encoder status {status}).")
 
 
 def array_to_tensor(array: np.ndarray) -> torch.Tensor:
@@ -197,6 +264,9 @@ class ResultBatch:
         shapes = {_parse_size(size) for size in declared_sizes.values()}
         shape = shapes.pop() if len(shapes) == 1 else None
         self.batch = torch.empty((len(self.rows), shape[1], shape[0], 3)) if shape else None
+        self.finished = threading.Event()
+        if self.batch is not None and self.batch.nelement() * 4 >= _PREFAULT_MIN_BYTES and _madvise is not None:
+            threading.Thread(target=_prefault, args=(self.batch, self.finished), daemon=True).start()
         self.filled: set[int] = set()
         self.loose: dict[int, torch.Tensor] = {}
         # ComfyUI runs nodes under torch.inference_mode(), which is per thread: the batch made here
@@ -204,19 +274,25 @@ class ResultBatch:
         self.inference_mode = torch.is_inference_mode_enabled()
 
     def add(self, index: int, data: bytes) -> None:
-        array = decode_result(data)
         with torch.inference_mode(self.inference_mode):
-            if self.batch is not None and array.shape[:2] == self.batch.shape[1:3]:
-                self.batch[self.rows[index]].copy_(torch.from_numpy(array)).mul_(1.0 / 255.0)
-                self.filled.add(index)
-            else:
+            if self.batch is None:
+                self.loose[index] = array_to_tensor(decode_result(data))
+                return
+            row = self.batch[self.rows[index]]
+            array = decode_result_into(data, row)
+            if array is not None and array.shape[:2] == row.shape[:2]:  # RGBA, grey, palette
+                row.copy_(torch.from_numpy(array)).mul_(1.0 / 255.0)
+            elif array is not None:  # another size: kept apart, fitted into the batch in finish()
                 self.loose[index] = array_to_tensor(array)
+                return
+            self.filled.add(index)
 
     def __len__(self) -> int:
         return len(self.filled) + len(self.loose)
 
     def finish(self) -> tuple[torch.Tensor, list[torch.Tensor], list[int]]:
         """(batch, list of [1, H, W, 3] images in answer order, indices resized in the batch)."""
+        self.finished.set()
         if self.batch is not None and not self.loose:
             order = sorted(self.filled)
             for row, index in enumerate(order):  # close the gaps left by failed images, in place
@@ -228,6 +304,39 @@ class ResultBatch:
         ordered = [images[index] for index in sorted(images)]
         batch, resized_positions = batch_images(ordered)
         return batch, ordered, [sorted(images)[p] for p in resized_positions]
+
+
+def _libc_madvise() -> Callable[[int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+_madvise = _libc_madvise()
+_MADV_POPULATE_WRITE = 23  # Linux 5.14+; older kernels answer EINVAL and nothing is done
+_PREFAULT_MIN_BYTES = 64 * 1024 * 1024
+
+
+def _prefault(batch: torch.Tensor, finished: threading.Event) -> None:
+    """Fault in the batch's pages, row by row, while results are still downloading or decoding.
+
+    First touch of 755 MB costs ~200 ms of page faults, and on the machines measured faults do not
+    run in parallel across cores: done by the workers they stall the decoding; done here they
+    overlap the downloads. MADV_POPULATE_WRITE only maps missing pages, so a row a worker has
+    already written is left as it is. The ctypes call releases the GIL."""
+    page = mmap.PAGESIZE
+    for row in batch:
+        if finished.is_set():
+            return
+        start = -(-row.data_ptr() // page) * page
+        end = (row.data_ptr() + row.nelement() * row.element_size()) // page * page
+        if end > start and _madvise(start, end - start, _MADV_POPULATE_WRITE) != 0:
+            return
 
 
 def _parse_size(size: str | None) -> tuple[int, int] | None:

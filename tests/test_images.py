@@ -126,3 +126,83 @@ def test_result_batch_with_an_odd_size_fits_it_into_the_batch():
     batch, image_list, resized = collected.finish()
     assert batch.shape == (2, 16, 32, 3) and resized == [1]
     assert [tuple(t.shape) for t in image_list] == [(1, 16, 32, 3), (1, 32, 16, 3)]
+
+
+def _encoded(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    (image.convert(mode) if mode else image).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def _expected(data: bytes) -> torch.Tensor:
+    """What the results path always gave: Pillow's RGB pixels, then float32 times 1/255."""
+    pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    return torch.from_numpy(pixels.copy()).to(torch.float32).mul_(1.0 / 255.0)
+
+
+def test_results_decoded_into_reused_memory_are_exact_whatever_came_before():
+    rng = np.random.default_rng(3)
+    blobs = [_encoded(rng.integers(0, 256, (23, 37, 3), dtype=np.uint8), fmt) for fmt in ("JPEG", "PNG", "JPEG")]
+    other = _encoded(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8), "JPEG")
+    for round_ in range(2):  # the second round decodes into memory the first one left dirty
+        collected = images.ResultBatch({n: "37x23" for n in range(len(blobs))})
+        for index, data in enumerate(blobs):
+            collected.add(index, data)
+        images.decode_result(other)  # another size in between on the same thread
+        batch, _, resized = collected.finish()
+        assert resized == [] and batch.dtype == torch.float32
+        for row, data in zip(batch, blobs, strict=True):
+            assert torch.equal(row, _expected(data)), round_
+
+
+def test_grey_palette_and_transparent_results_still_fill_the_batch():
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)
+    blobs = [_encoded(rgb, "PNG", "L"), _encoded(rgb, "PNG", "P"), _encoded(rgb, "PNG", "RGBA"), _encoded(rgb, "JPEG")]
+    collected = images.ResultBatch({n: "32x16" for n in range(len(blobs))})
+    for index, data in enumerate(blobs):
+        collected.add(index, data)
+    batch, image_list, resized = collected.finish()
+    assert resized == [] and batch.shape == (4, 16, 32, 3)
+    assert all(t.untyped_storage().data_ptr() == batch.untyped_storage().data_ptr() for t in image_list)
+    for row, data in zip(batch, blobs, strict=True):
+        assert torch.equal(row, _expected(data))
+
+
+def test_truncated_results_are_refused_or_decoded_as_pillow_would(monkeypatch: pytest.MonkeyPatch):
+    rng = np.random.default_rng(5)
+    whole = _encoded(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8), "PNG")
+    cut = whole[: len(whole) // 2]  # PNG: the rows after the cut are never written
+    with pytest.raises(errors.DownloadError, match="not a readable image"):
+        images.ResultBatch({0: "48x64"}).add(0, cut)
+    monkeypatch.setattr(images.ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    collected = images.ResultBatch({0: "48x64", 1: "48x64"})
+    collected.add(0, whole)  # leaves this thread's decode memory full of another picture
+    collected.add(1, cut)
+    batch, _, _ = collected.finish()
+    assert torch.equal(batch[1], _expected(cut))  # Pillow's fresh memory: no trace of image 0
+
+
+@pytest.mark.parametrize("band_bytes", [1, 250, 1 << 20])  # under a line, 2 lines and a short last band, all
+def test_results_convert_band_by_band_exactly(monkeypatch: pytest.MonkeyPatch, band_bytes: int):
+    monkeypatch.setattr(images, "_BAND_BYTES", band_bytes)
+    data = _encoded(np.random.default_rng(6).integers(0, 256, (23, 37, 3), dtype=np.uint8), "JPEG")
+    out = torch.full((23, 37, 3), -1.0)
+    assert images.decode_result_into(data, out) is None
+    assert torch.equal(out, _expected(data))
+
+
+@pytest.mark.skipif(images._madvise is None, reason="prefaulting is Linux-only")
+def test_prefaulting_leaves_written_rows_as_they_are(monkeypatch: pytest.MonkeyPatch):
+    batch = torch.empty(3, 512, 512, 3)  # rows of 3 MB: whole pages to populate in each
+    batch[1] = 0.25  # a row a worker already wrote
+    images._prefault(batch, images.threading.Event())
+    assert torch.equal(batch[1], torch.full((512, 512, 3), 0.25))
+    monkeypatch.setattr(images, "_PREFAULT_MIN_BYTES", 0)  # the thread runs even for a small batch
+    data = _encoded(np.random.default_rng(7).integers(0, 256, (23, 37, 3), dtype=np.uint8), "JPEG")
+    collected = images.ResultBatch({0: "37x23", 1: "37x23"})
+    collected.add(1, data)
+    collected.add(0, data)
+    batch, _, _ = collected.finish()
+    assert torch.equal(batch[0], _expected(data)) and torch.equal(batch[1], _expected(data))
