@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile
 
-from .errors import DownloadError
+from .errors import DownloadError, logger
 from .models import ReferenceLimits
 
 # Measured (docs/performance.md): 4:4:4 at quality 90 keeps more than 4:2:0 at 95 (no chroma
@@ -250,6 +250,22 @@ def array_to_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array).to(torch.float32).div_(255.0).unsqueeze(0)
 
 
+_fast_decode = True
+
+
+def _decode_into_row(data: bytes, row: torch.Tensor) -> np.ndarray | None:
+    """`decode_result_into`, which relies on Pillow internals (ComfyUI users run many Pillow
+    versions): should they change, results still decode, the plain way, from then on."""
+    global _fast_decode
+    if _fast_decode:
+        try:
+            return decode_result_into(data, row)
+        except (AttributeError, TypeError) as exc:
+            _fast_decode = False
+            logger.warning("This Pillow's internals differ (%s): results are decoded the plain way.", exc)
+    return decode_result(data)
+
+
 class ResultBatch:
     """Collects decoded results straight into their row of one preallocated output batch.
 
@@ -279,7 +295,7 @@ class ResultBatch:
                 self.loose[index] = array_to_tensor(decode_result(data))
                 return
             row = self.batch[self.rows[index]]
-            array = decode_result_into(data, row)
+            array = _decode_into_row(data, row)
             if array is not None and array.shape[:2] == row.shape[:2]:  # RGBA, grey, palette
                 row.copy_(torch.from_numpy(array)).mul_(1.0 / 255.0)
             elif array is not None:  # another size: kept apart, fitted into the batch in finish()

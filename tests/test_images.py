@@ -156,6 +156,21 @@ def test_results_decoded_into_reused_memory_are_exact_whatever_came_before():
             assert torch.equal(row, _expected(data)), round_
 
 
+def test_results_still_decode_if_pillows_internals_change(monkeypatch: pytest.MonkeyPatch, caplog):
+    def gone(*args):  # as a Pillow without the internal the fast path uses would fail
+        raise AttributeError("'ImagingCore' object has no attribute 'setimage'")
+
+    data = _encoded(np.random.default_rng(5).integers(0, 256, (23, 37, 3), dtype=np.uint8), "PNG")
+    monkeypatch.setattr(images, "_fill_from", gone)
+    monkeypatch.setattr(images, "_fast_decode", True)
+    collected = images.ResultBatch({0: "37x23", 1: "37x23"})
+    collected.add(0, data)
+    collected.add(1, data)
+    batch, _, _ = collected.finish()
+    assert torch.equal(batch[0], _expected(data)) and torch.equal(batch[1], _expected(data))
+    assert caplog.text.count("internals differ") == 1 and images._fast_decode is False
+
+
 def test_grey_palette_and_transparent_results_still_fill_the_batch():
     rng = np.random.default_rng(4)
     rgb = rng.integers(0, 256, (16, 32, 3), dtype=np.uint8)
