@@ -112,8 +112,8 @@ async def fetch_images(
         try:
             data = source if isinstance(source, bytes) else await download(source)
             await loop.run_in_executor(WORKERS, collected.add, index, data)
-            if previews and progress.active:
-                preview = await loop.run_in_executor(WORKERS, preview_tuple, data)
+            if previews:
+                preview = await _preview(progress, data)
         except Exception as exc:  # whatever fails, the answer stays recoverable from the ledger
             errors[index] = _error_text(exc)
             logger.warning("Result %d could not be fetched: %s", index + 1, errors[index])
@@ -125,6 +125,13 @@ async def fetch_images(
     progress.text(f"{'Downloading' if links else 'Decoding'} {_plural(len(sources), 'image')}")
     await interruptible(asyncio.gather(*(fetch(index, source) for index, source in sources.items())))
     return collected, errors
+
+
+async def _preview(progress: Progress | _StatusLine, data: bytes) -> tuple[str, Any, int] | None:
+    """The node's preview of a result, made (on a worker) only when something shows it."""
+    if not progress.active:
+        return None
+    return await asyncio.get_running_loop().run_in_executor(WORKERS, preview_tuple, data)
 
 
 def _error_text(exc: Exception) -> str:
@@ -177,9 +184,7 @@ class _Arrivals:
 
     async def _fetch_early(self, source: str | bytes) -> bytes:
         data = source if isinstance(source, bytes) else await download(source)
-        preview = None
-        if self.status.active:
-            preview = await asyncio.get_running_loop().run_in_executor(WORKERS, preview_tuple, data)
+        preview = await _preview(self.status, data)
         self.fetched_early += 1
         self.status.update(self.fetched_early, self.expected, preview)
         return data

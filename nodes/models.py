@@ -76,10 +76,10 @@ def _build_spec(model_id: str, entry: dict[str, Any], defaults: dict[str, Any], 
     unknown = set(entry) - _SPEC_FIELDS - {"like"}
     if unknown:
         raise ConfigurationError(f"{where}: model {model_id!r} has unknown fields {sorted(unknown)}.")
-    price = entry.get("price_per_image", defaults["price_per_image"])
+    values = {**defaults, "label": model_id, **entry}
+    price = values["price_per_image"]
     if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0):
         raise ConfigurationError(f"{where}: model {model_id!r} has price_per_image {price!r}: a number of USD or null.")
-    values = {**defaults, "label": model_id, **entry}
     values.pop("like", None)
     for name in ("size_presets", "optimize_prompt_modes"):
         values[name] = tuple(values[name])

@@ -16,6 +16,8 @@ const GENERATORS = new Set([
 const LEDGER = "CometAPISeedreamLedger"; // shows the last run only
 // Reference sockets each node must always show (image_1 is required on Image to Image).
 const REFERENCE_NODES = { CometAPISeedreamImageToImage: 1, CometAPISeedreamSequential: 0 };
+// Widgets whose values the checks read: a change to any of them refreshes the node.
+const CHECKED_WIDGETS = ["prompt", "size", "width", "height", "max_images", "web_search", "optimize_prompt"];
 const ADAPTIVE_WIDGETS = ["width", "height", "guidance_scale", "output_format", "web_search", "optimize_prompt", "max_images"];
 const STATUS_WIDGET = "seedream_status";
 const REFERENCE = /^image_(\d+)$/;
@@ -128,9 +130,7 @@ function refresh(node, modelChanged = false) {
   const webSearch = widget(node, "web_search");
   if (modelChanged && webSearch && !spec.web_search) webSearch.value = false;
 
-  const values = Object.fromEntries(
-    ["prompt", "size", "width", "height", "max_images", "web_search", "optimize_prompt"].map((name) => [name, valueOf(node, name)]),
-  );
+  const values = Object.fromEntries(CHECKED_WIDGETS.map((name) => [name, valueOf(node, name)]));
   const hidden = hiddenWidgets(spec, { ...values, size: size.value });
   for (const name of ADAPTIVE_WIDGETS) setHidden(widget(node, name), hidden.has(name) && !isLinked(node, name));
   fitReferenceSockets(node, spec);
@@ -165,9 +165,7 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, args);
       addStatusWidget(this);
       watch(this, "model", true);
-      for (const name of ["size", "width", "height", "max_images", "prompt", "web_search", "optimize_prompt"]) {
-        watch(this, name);
-      }
+      for (const name of CHECKED_WIDGETS) watch(this, name);
       // Inputs are final only after a saved workflow's values and sockets are applied.
       queueMicrotask(() => refresh(this));
       return result;
